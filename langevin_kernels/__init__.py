@@ -1,0 +1,16 @@
+"""langevin-kernels: fused Langevin-update kernels and samplers for energy-based models.
+
+    import langevin_kernels as lk
+    y = lk.langevin_step(x, grad, step_size=a, noise_scale=s, seed=0, offset=0)
+
+See README.md and DESIGN.md for the op contract and the noise stream.
+"""
+from .dispatch import backends, get_backend, set_backend, use_backend
+from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_normal
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends", "get_backend", "set_backend", "use_backend",
+    "langevin_step", "langevin_step_", "noise_offset_advance", "philox_normal",
+]

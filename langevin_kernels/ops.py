@@ -1,0 +1,290 @@
+"""The fused Langevin-update ops (DESIGN section 3) and their public Python API.
+
+    y = clamp(x - a * (grad + lam * x) + s * xi, lo, hi)
+
+`langevin_kernels::langevin_step` (out-of-place, autograd-aware) and
+`langevin_kernels::langevin_step_` (in-place on x) are defined here with
+`torch.library`, so they exist whether or not the C++ extension is built, pass
+`torch.library.opcheck`, trace through `torch.compile` as single nodes and record
+into CUDA graphs. Their device kernels pick a backend (dispatch.py) per call.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from . import dispatch
+
+_U64 = 1 << 64
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_DTYPE_NAMES = "float32, float16, bfloat16, float64"
+
+_ARGS = ("float step_size, float noise_scale, int seed, int offset, float prior_weight, "
+         "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state")
+
+_lib = torch.library.Library("langevin_kernels", "FRAGMENT")
+_lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}) -> Tensor")
+_lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}) -> ()")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _as_int64(name: str, value) -> int:
+    """A user's uint64 (seed, offset) as the int64 with the same bits (the schema's int)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not 0 <= value < _U64:
+        raise ValueError(f"{name}={value} is out of range: allowed 0 <= {name} < 2**64")
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def _as_float(name: str, value, *, nonnegative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be finite")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name}={value} must be >= 0")
+    return value
+
+
+def _check_float_tensor(name: str, t, like: torch.Tensor | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; allowed dtypes: {_DTYPE_NAMES}")
+    if like is None:
+        return
+    if t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(like.shape)}; they must match")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {like.dtype}; they must match")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {like.device}; they must be on one device")
+
+
+def _check_rng_state(rng_state, x: torch.Tensor) -> None:
+    if rng_state is None:
+        return
+    if not isinstance(rng_state, torch.Tensor) or rng_state.dtype != torch.int64 or rng_state.numel() != 2:
+        raise ValueError("rng_state must be an int64 tensor of 2 elements (seed, base offset)")
+    if rng_state.device != x.device:
+        raise ValueError(f"rng_state is on {rng_state.device} but x is on {x.device}; they must be on one device")
+
+
+def _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+              noise, rng_state) -> None:
+    """Checks shared by the ops' real and fake kernels (metadata only, no device reads)."""
+    _check_float_tensor("x", x)
+    _check_float_tensor("grad", grad, like=x)
+    if noise is not None:
+        _check_float_tensor("noise", noise, like=x)
+    _check_rng_state(rng_state, x)
+    _as_float("step_size", step_size, nonnegative=True)
+    _as_float("noise_scale", noise_scale, nonnegative=True)
+    _as_float("prior_weight", prior_weight)
+    for name, bound in (("clamp lower bound", clamp_lo), ("clamp upper bound", clamp_hi)):
+        if bound is not None and math.isnan(bound):
+            raise ValueError(f"{name} is NaN; bounds must be numbers or None")
+    if clamp_lo is not None and clamp_hi is not None and clamp_lo > clamp_hi:
+        raise ValueError(f"clamp=({clamp_lo}, {clamp_hi}) has lo > hi; need lo <= hi")
+    if noise is None and rng_state is None:
+        groups = (x.numel() + 3) // 4
+        if (offset % _U64) + groups > _U64:
+            raise ValueError(f"offset={offset % _U64} + ceil(numel/4)={groups} passes 2**64: the noise "
+                             "counter would wrap and repeat noise; use a smaller offset")
+
+
+def _check_inplace_target(x: torch.Tensor) -> None:
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("langevin_step_ cannot update x in place while it requires grad (autograd does "
+                         "not track the in-place op); use langevin_step, detach x, or run under torch.no_grad()")
+    if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+        raise ValueError("x is an expanded view (stride 0): its elements overlap in memory and cannot be "
+                         "updated in place; pass x.contiguous() or use langevin_step")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _bounds(clamp_lo, clamp_hi) -> tuple[float, float]:
+    return (-math.inf if clamp_lo is None else clamp_lo, math.inf if clamp_hi is None else clamp_hi)
+
+
+def _launch(x, grad, noise, out, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+            rng_state) -> None:
+    lo, hi = _bounds(clamp_lo, clamp_hi)
+    dispatch.run_step(dispatch.select(x.device, x.dtype), x.contiguous(), grad.contiguous(),
+                      None if noise is None else noise.contiguous(), out,
+                      step_size, noise_scale, prior_weight, lo, hi, seed, offset, rng_state)
+
+
+def _step_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise,
+                 rng_state):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel():
+        _launch(x, grad, noise, out, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+                rng_state)
+    return out
+
+
+def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+                         noise, rng_state):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+    _check_inplace_target(x)
+    if not x.numel():
+        return
+    # Contiguous x is updated where it lies; other layouts go through a contiguous
+    # buffer so that noise element i is always the i-th element in row-major order.
+    target = x if x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, grad, noise, target, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+            rng_state)
+    if target is not x:
+        x.copy_(target)
+
+
+for _key in ("CPU", "CUDA"):
+    _lib.impl("langevin_step", _step_kernel, _key)
+    _lib.impl("langevin_step_", _step_inplace_kernel, _key)
+
+
+@torch.library.register_fake("langevin_kernels::langevin_step")
+def _step_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise,
+               rng_state):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.register_fake("langevin_kernels::langevin_step_")
+def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+                       noise, rng_state):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+    return None
+
+
+# ----------------------------------------------------------------------------- autograd
+
+def _setup_context(ctx, inputs, output):
+    (_x, _grad, step_size, noise_scale, _seed, _offset, prior_weight, clamp_lo, clamp_hi, noise, _rng) = inputs
+    ctx.coefficients = (step_size, noise_scale, prior_weight)
+    ctx.bounds = (clamp_lo, clamp_hi)
+    ctx.has_noise = noise is not None
+    clamped = clamp_lo is not None or clamp_hi is not None
+    ctx.save_for_backward(output if clamped else None)
+
+
+def _backward(ctx, grad_y):
+    """dy/dx = (1 - a lam) m, dy/dgrad = -a m, dy/dnoise = s m; m = 0 where the clamp bound."""
+    step_size, noise_scale, prior_weight = ctx.coefficients
+    (y,) = ctx.saved_tensors
+    if y is not None:
+        lo, hi = ctx.bounds
+        free = torch.ones_like(y, dtype=torch.bool)
+        if lo is not None:
+            free &= y != lo
+        if hi is not None:
+            free &= y != hi
+        grad_y = torch.where(free, grad_y, torch.zeros_like(grad_y))
+    grad_x = grad_y * (1.0 - step_size * prior_weight)
+    grad_grad = grad_y * (-step_size)
+    grad_noise = grad_y * noise_scale if ctx.has_noise else None
+    return grad_x, grad_grad, None, None, None, None, None, None, None, grad_noise, None
+
+
+torch.library.register_autograd("langevin_kernels::langevin_step", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _clamp_bounds(clamp) -> tuple[float | None, float | None]:
+    if clamp is None:
+        return None, None
+    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+        raise TypeError(f"clamp must be None or a pair (lo, hi) of numbers or None, got {clamp!r}")
+    lo, hi = (None if b is None else _as_float("clamp bound", b) for b in clamp)
+    return lo, hi
+
+
+def _op_args(step_size, noise_scale, seed, offset, prior_weight, clamp):
+    lo, hi = _clamp_bounds(clamp)
+    return (_as_float("step_size", step_size, nonnegative=True),
+            _as_float("noise_scale", noise_scale, nonnegative=True),
+            _as_int64("seed", seed), _as_int64("offset", offset),
+            _as_float("prior_weight", prior_weight), lo, hi)
+
+
+def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
+                  seed: int = 0, offset: int = 0, prior_weight: float = 0.0, clamp=None,
+                  noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None) -> torch.Tensor:
+    """One fused Langevin step, out of place and differentiable.
+
+    Returns ``clamp(x - step_size * (grad + prior_weight * x) + noise_scale * xi, *clamp)``
+    computed in float32 (float64 for float64 inputs), in x's dtype.
+
+    Args:
+        x: chain state, any shape and strides; float32, float16, bfloat16 or float64.
+        grad: dE/dx (E = energy = -log density + const); same shape, dtype and device as x.
+        step_size: drift coefficient a >= 0 (plain Langevin with step delta: a = delta**2 / 2).
+        noise_scale: standard deviation s >= 0 of the injected noise (0: gradient descent).
+        seed, offset: where the noise comes from (uint64 each): element i of x (row-major)
+            uses the stream of :func:`philox_normal` at index i. A chain advances offset by
+            ``ceil(x.numel() / 4)`` per step so that steps never share noise.
+        prior_weight: lam, adds ``lam * x`` to grad (the N(0, I) prior of a latent chain).
+        clamp: None or (lo, hi); either bound may be None.
+        noise: explicit noise replacing xi (same shape, dtype, device as x).
+        rng_state: int64 tensor [seed, base offset] on x's device; when given it replaces
+            ``seed`` and is added to ``offset``, read on the device (CUDA-graph safe).
+
+    Gradients flow to x, grad and noise: dy/dx = (1 - a lam) m, dy/dgrad = -a m,
+    dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere.
+    """
+    return torch.ops.langevin_kernels.langevin_step(
+        x, grad, *_op_args(step_size, noise_scale, seed, offset, prior_weight, clamp), noise, rng_state)
+
+
+def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
+                   seed: int = 0, offset: int = 0, prior_weight: float = 0.0, clamp=None,
+                   noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None) -> torch.Tensor:
+    """In-place form of :func:`langevin_step` for samplers: updates x and returns it.
+
+    Not tracked by autograd: x must not require grad while grad mode is on, and must
+    not be an expanded (overlapping) view.
+    """
+    if isinstance(x, torch.Tensor):
+        _check_inplace_target(x)
+    torch.ops.langevin_kernels.langevin_step_(
+        x, grad, *_op_args(step_size, noise_scale, seed, offset, prior_weight, clamp), noise, rng_state)
+    return x
+
+
+def philox_normal(n: int, *, seed: int, offset: int = 0, device="cpu", dtype=torch.float32,
+                  rng_state: torch.Tensor | None = None) -> torch.Tensor:
+    """The first n standard normals of the noise stream at (seed, offset), DESIGN section 4.
+
+    ``langevin_step(x, g, seed=S, offset=O, ...)`` uses exactly
+    ``philox_normal(x.numel(), seed=S, offset=O).reshape(x.shape)`` as its noise
+    (up to the float rounding of the backend's log/sqrt/cos).
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n={n!r} must be an int >= 0")
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype={dtype} is not supported; allowed dtypes: {_DTYPE_NAMES}")
+    seed64, offset64 = _as_int64("seed", seed), _as_int64("offset", offset)
+    device = torch.device(device)
+    out = torch.empty(int(n), dtype=torch.float32, device=device)
+    if rng_state is not None:
+        _check_rng_state(rng_state, out)
+    elif (offset64 % _U64) + (n + 3) // 4 > _U64:
+        raise ValueError(f"offset={offset} + ceil(n/4) passes 2**64: the noise counter would wrap")
+    if n:
+        dispatch.run_normal(dispatch.select(device), out, seed64, offset64, rng_state)
+    return out.to(dtype)
+
+
+def noise_offset_advance(numel: int) -> int:
+    """How far a chain advances `offset` per step on a tensor of `numel` elements."""
+    return (int(numel) + 3) // 4

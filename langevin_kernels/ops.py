@@ -209,7 +209,11 @@ def _clamp_bounds(clamp) -> tuple[float | None, float | None]:
     return lo, hi
 
 
-def _op_args(step_size, noise_scale, seed, offset, prior_weight, clamp):
+def _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp):
+    # tensor types first: the dispatcher's own message for a non-tensor is less clear
+    for name, t in (("x", x), ("grad", grad), ("noise", noise)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     lo, hi = _clamp_bounds(clamp)
     return (_as_float("step_size", step_size, nonnegative=True),
             _as_float("noise_scale", noise_scale, nonnegative=True),
@@ -243,7 +247,8 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
     dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere.
     """
     return torch.ops.langevin_kernels.langevin_step(
-        x, grad, *_op_args(step_size, noise_scale, seed, offset, prior_weight, clamp), noise, rng_state)
+        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp),
+        noise, rng_state)
 
 
 def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
@@ -257,7 +262,8 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x)
     torch.ops.langevin_kernels.langevin_step_(
-        x, grad, *_op_args(step_size, noise_scale, seed, offset, prior_weight, clamp), noise, rng_state)
+        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp),
+        noise, rng_state)
     return x
 
 

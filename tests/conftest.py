@@ -1,0 +1,33 @@
+"""Shared test setup: CPU-friendly defaults and clean skipping of GPU tests."""
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_choice():
+    """Each test starts from automatic backend selection, whatever the previous one forced."""
+    import langevin_kernels as lk
+    previous = lk.get_backend()
+    lk.set_backend(None)
+    yield
+    lk.set_backend(previous)
+
+
+@pytest.fixture(params=["cpp", "triton", "eager"])
+def cpu_backend(request):
+    """Each backend that can run CPU tensors here (triton only under TRITON_INTERPRET=1;
+    tests/test_triton_interpreter.py reruns the triton cases that way)."""
+    from langevin_kernels.dispatch import unavailable_reason
+    reason = unavailable_reason(request.param, "cpu")
+    if reason:
+        pytest.skip(f"backend {request.param}: {reason}")
+    return request.param

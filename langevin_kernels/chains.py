@@ -1,0 +1,501 @@
+"""Samplers built on the fused op (DESIGN section 5): DataChain and LatentChain.
+
+    chain = lk.DataChain(energy, n_steps=60, step_size=0.005, noise_scale=0.1, clamp=(-1, 1))
+    x = chain.run(x0)                       # 60 fused steps; chain.offset advances
+    chain.stats.to_dict()                   # per-step diagnostics, read to the host only here
+    z = lk.LatentChain(g, sigma=0.3, n_steps=20, step_size=1e-3, noise_scale=0.045).run(z0, x_obs)
+
+Every step is ``x <- clamp(x - a * (clip(dE/dx) + lam * x) + s * xi)`` with dE/dx from
+``torch.autograd.grad`` on the user's per-chain energies (shape [B], batch = dim 0).
+
+Noise. A chain owns (seed, offset). Step k of a run that starts at offset O draws
+``xi = lk.philox_normal(x.numel(), seed=seed, offset=O + k * A).reshape(x.shape)`` with
+``A = lk.noise_offset_advance(x.numel())``, and the chain's offset becomes O + K * A after a
+K-step run, so no two steps of a chain ever share noise. ``chain.offset`` can be read and
+set (checkpoints). MALA's accept test uses a second, disjoint stream: at step k the B chains
+draw ``n = lk.philox_normal(B, seed=seed ^ ACCEPT_SEED_XOR, offset=O + k * A)`` and accept
+when ``log Phi(n) < log alpha`` (Phi(n) is uniform on (0, 1)); B <= numel, so these draws never
+overlap between steps either.
+
+CUDA graphs (``capture_graph=True``, CUDA tensors, static shapes): the K-step run is captured
+once and replayed. Seeds and offsets live in an int64 device tensor ``[[seed, O], [seed ^
+ACCEPT_SEED_XOR, O]]`` passed as the op's ``rng_state``; step k passes the constant offset
+k * A, and the captured work ends with ``rng_state[:, 1] += K * A``, so each replay draws
+fresh noise and equals the uncaptured chain with the same seed and offset. The graph reads
+the energy's parameters where they lie: in-place updates (optimizer.step) are seen, new
+parameter tensors need ``chain.reset_graph()``.
+
+torch.compile: ``torch.compile(chain.step, fullgraph=True)`` compiles the energy, its
+gradient and one fused step into one graph; dynamo traces ``torch.autograd.grad`` only with
+``torch._dynamo.config.trace_autograd_ops = True``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import torch
+
+from .ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance, philox_normal
+from .schedules import resolve_schedule
+
+ACCEPT_SEED_XOR = 0x9E3779B97F4A7C15  # golden-ratio constant: the accept stream's key differs from the noise key
+_U64 = 1 << 64
+STAT_NAMES = ("energy_mean", "grad_norm_mean", "acceptance", "nonfinite_chains")
+
+
+class ChainStats:
+    """Per-step diagnostics of the last run, kept on the chain's device.
+
+    Attributes are device tensors of length n_steps (no host sync until ``to_dict``):
+    ``energy_mean`` (mean energy of the chains' states after the step, prior included),
+    ``grad_norm_mean`` (mean per-chain norm of dE/dx before clipping), ``acceptance``
+    (MALA: fraction of chains that accepted; None for ULA), ``nonfinite_chains`` (chains
+    whose energy or gradient was not finite: ULA at the state the step started from,
+    MALA at the proposal, which is then rejected).
+    """
+
+    def __init__(self, table: torch.Tensor, mala: bool):
+        self.table = table
+        self.mala = mala
+
+    def __getattr__(self, name):
+        if name in STAT_NAMES:
+            if name == "acceptance" and not self.mala:
+                return None
+            return self.table[:, STAT_NAMES.index(name)]
+        raise AttributeError(name)
+
+    @property
+    def acceptance_rate(self) -> torch.Tensor | None:
+        """Mean acceptance over all steps (device scalar), None for ULA."""
+        return self.table[:, 2].mean() if self.mala else None
+
+    def to_dict(self) -> dict:
+        """The diagnostics as host lists (one device-to-host copy)."""
+        rows = self.table.detach().cpu()
+        out = {name: rows[:, i].tolist() for i, name in enumerate(STAT_NAMES)}
+        out["nonfinite_chains"] = [int(v) for v in out["nonfinite_chains"]]
+        if self.mala:
+            out["acceptance_rate"] = float(rows[:, 2].mean())
+        else:
+            out["acceptance"] = None
+        return out
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an int >= 1")
+    return int(value)
+
+
+def _optional_positive(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+        raise ValueError(f"{name}={value!r} must be None or a finite number > 0")
+    return float(value)
+
+
+def _check_state(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; need a batch of chains along dim 0")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} has dtype {x.dtype}; chains need a floating-point state")
+
+
+def _per_chain(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def log_q_ratio(x, y, grad_x, grad_y, step_size: float, noise_scale: float) -> torch.Tensor:
+    """log q(x|y) - log q(y|x) per chain for q(y|x) = N(y; x - a G(x), s^2 I).
+
+    grad_x, grad_y are the full drifts G (clipped energy gradient plus prior term). With
+    d = y - x the difference of the two Gaussian exponents is
+    sum[(G_x + G_y) * ((a / s^2) d - (a^2 / (2 s^2)) (G_y - G_x))]: one elementwise
+    expression and one per-chain reduction (a single kernel once compiled), and no
+    cancellation of ``y - x + a G_x`` against itself when s is small.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):  # the sums need more than 8-11 mantissa bits
+        x, y, grad_x, grad_y = (t.float() for t in (x, y, grad_x, grad_y))
+    a, s2 = step_size, noise_scale * noise_scale
+    terms = (grad_x + grad_y) * ((a / s2) * (y - x) - (a * a / (2 * s2)) * (grad_y - grad_x))
+    return _per_chain(terms).sum(1)
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+class _LangevinChain:
+    """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
+
+    def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
+                 mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True):
+        self.n_steps = _positive_int("n_steps", n_steps)
+        self.step_sizes = resolve_schedule("step_size", step_size, self.n_steps)
+        self.noise_scales = resolve_schedule("noise_scale", noise_scale, self.n_steps)
+        self.prior_weight = float(prior_weight)
+        self.clamp = self._check_clamp(clamp)
+        self.grad_clip = _optional_positive("grad_clip", grad_clip)
+        self.mala = bool(mala)
+        _as_int64("seed", seed)
+        self.seed = int(seed)
+        self.capture_graph = bool(capture_graph)
+        self.differentiable = bool(differentiable)
+        self.track_stats = bool(track_stats)
+        if self.mala and min(self.noise_scales) <= 0:
+            k = self.noise_scales.index(min(self.noise_scales))
+            raise ValueError(f"mala=True needs noise_scale > 0 at every step (the proposal density), "
+                             f"but step {k} has noise_scale={self.noise_scales[k]}")
+        if self.capture_graph and self.differentiable:
+            raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
+                             "CUDA graph keeps no autograd graph")
+        self._offset = 0
+        self.offset = offset
+        self.stats: ChainStats | None = None
+        self.reset_graph()
+
+    @staticmethod
+    def _check_clamp(clamp):
+        if clamp is None:
+            return None
+        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+            raise TypeError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
+        lo, hi = clamp
+        if lo is not None and hi is not None and float(lo) > float(hi):
+            raise ValueError(f"clamp=({lo}, {hi}) has lo > hi; need lo <= hi")
+        return (None if lo is None else float(lo), None if hi is None else float(hi))
+
+    # --- noise bookkeeping -------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Noise offset where the next run starts (uint64); save it to resume a chain exactly."""
+        return self._offset
+
+    @offset.setter
+    def offset(self, value) -> None:
+        _as_int64("offset", value)
+        self._offset = int(value)
+        if getattr(self, "_rng_state", None) is not None:
+            self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
+
+    @property
+    def accept_seed(self) -> int:
+        """Seed of MALA's accept-test stream (seed XOR ACCEPT_SEED_XOR)."""
+        return self.seed ^ ACCEPT_SEED_XOR
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "offset": self._offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"state seed={state['seed']} differs from this chain's seed={self.seed}")
+        self.offset = int(state["offset"])
+
+    def reset_graph(self) -> None:
+        """Forget a captured CUDA graph (the next run captures again)."""
+        self._graph = None
+        self._graph_key = None
+        self._rng_state = None
+
+    # --- energy and gradient -----------------------------------------------------------
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _energy_and_grad(self, x):
+        """Per-chain energies [B] and dE/dx; a graph through them only when differentiable."""
+        with torch.enable_grad():
+            if self.differentiable:
+                leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            else:
+                leaf = x.detach().requires_grad_(True)
+            energy = self._energy(leaf)
+            if energy.shape != (x.shape[0],):
+                raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], "
+                                 f"got shape {tuple(energy.shape)}")
+            (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=self.differentiable)
+        if not self.differentiable:
+            energy = energy.detach()
+        return energy, grad
+
+    def _clip(self, grad):
+        """(clipped grad, per-chain norms before clipping); norms are None when unused."""
+        if self.grad_clip is None and not (self.track_stats or self.mala):
+            return grad, None
+        norms = torch.linalg.vector_norm(_per_chain(grad), dim=1, dtype=torch.promote_types(grad.dtype, torch.float32))
+        if self.grad_clip is not None:
+            scale = (self.grad_clip / norms.clamp_min(1e-30)).clamp(max=1.0)
+            grad = grad * _broadcast(scale, grad).to(grad.dtype)
+        return grad, norms
+
+    def _with_prior(self, energy, x):
+        if self.prior_weight == 0.0:
+            return energy
+        return energy + 0.5 * self.prior_weight * _per_chain(x).pow(2).sum(1).to(energy.dtype)
+
+    def _diagnostics(self, energy, norms, accepted, bad):
+        if not self.track_stats:
+            return None
+        acceptance = accepted.float().mean() if accepted is not None else torch.full((), float("nan"), device=norms.device)
+        return torch.stack([energy.detach().float().mean(), norms.detach().float().mean(), acceptance,
+                            bad.sum().float()])
+
+    # --- one step ----------------------------------------------------------------------
+
+    def _op_kwargs(self, k, offset, rng_row):
+        return dict(step_size=self.step_sizes[k], noise_scale=self.noise_scales[k], seed=self.seed,
+                    offset=offset, prior_weight=self.prior_weight, rng_state=rng_row)
+
+    def _ula_step(self, x, k, offset, rng_state):
+        energy, grad = self._energy_and_grad(x)
+        grad, norms = self._clip(grad)
+        kwargs = self._op_kwargs(k, offset, None if rng_state is None else rng_state[0])
+        diag = None
+        if self.track_stats:
+            bad = ~(torch.isfinite(energy) & torch.isfinite(norms))
+            diag = self._diagnostics(self._with_prior(energy, x), norms, None, bad)
+        if self.differentiable:
+            x = langevin_step(x, grad, clamp=self.clamp, **kwargs)
+        else:
+            langevin_step_(x, grad, clamp=self.clamp, **kwargs)
+        return x, diag
+
+    def _mala_current(self, x):
+        """(total energy, clipped grad, norms) at x: what a MALA step carries between steps."""
+        energy, grad = self._energy_and_grad(x)
+        grad, norms = self._clip(grad)
+        return self._with_prior(energy, x), grad, norms
+
+    def _mala_step(self, x, k, offset, rng_state, current):
+        energy_x, grad_x, norms_x = current
+        a, s = self.step_sizes[k], self.noise_scales[k]
+        # The proposal is the unclamped op (a proper Gaussian); the clamp box becomes the
+        # target's support instead: proposals outside it are rejected below.
+        y = langevin_step(x, grad_x, **self._op_kwargs(k, offset, None if rng_state is None else rng_state[0]))
+        energy_y, grad_y, norms_y = self._mala_current(y)
+        lam = self.prior_weight
+        drift_x, drift_y = (grad_x + lam * x, grad_y + lam * y) if lam else (grad_x, grad_y)
+        log_alpha = (energy_x - energy_y).float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
+        normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device,
+                                rng_state=None if rng_state is None else rng_state[1])
+        # NaN/inf energies make log_alpha NaN or -inf: the comparison rejects them.
+        accept = torch.special.log_ndtr(normals) < log_alpha
+        if self.clamp is not None:
+            accept = accept & self._inside_box(y)
+        bad = ~(torch.isfinite(energy_y) & torch.isfinite(norms_y))
+        x = torch.where(_broadcast(accept, x), y, x)
+        current = (torch.where(accept, energy_y, energy_x), torch.where(_broadcast(accept, grad_x), grad_y, grad_x),
+                   torch.where(accept, norms_y, norms_x))
+        return x, current, self._diagnostics(current[0], current[2], accept, bad)
+
+    def _inside_box(self, y):
+        lo, hi = self.clamp
+        inside = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+        if lo is not None:
+            inside = inside & (_per_chain(y) >= lo).all(1)
+        if hi is not None:
+            inside = inside & (_per_chain(y) <= hi).all(1)
+        return inside
+
+    def step(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """Step k of the chain applied to x (noise at offset ``chain.offset + k * advance``).
+
+        Returns the new state; x and the chain's offset are left unchanged. This is the unit
+        that ``torch.compile(chain.step, fullgraph=True)`` compiles.
+        """
+        _check_state("x", x)
+        if not 0 <= k < self.n_steps:
+            raise ValueError(f"k={k} must be a step index in [0, n_steps={self.n_steps})")
+        x = x if self.differentiable else x.detach().clone(memory_format=torch.contiguous_format)
+        offset = self._offset + k * noise_offset_advance(x.numel())
+        if self.mala:
+            x, _, _ = self._mala_step(x, k, offset, None, self._mala_current(x))
+        else:
+            x, _ = self._ula_step(x, k, offset, None)
+        return x
+
+    # --- runs --------------------------------------------------------------------------
+
+    def _loop(self, x, base_offset, rng_state, return_trajectory, thin):
+        """The K steps from state x; returns (x, trajectory or None, stats table or None)."""
+        advance = noise_offset_advance(x.numel())
+        states = [x.clone()] if return_trajectory else None
+        diags = []
+        current = self._mala_current(x) if self.mala else None
+        for k in range(self.n_steps):
+            offset = (base_offset + k * advance) % _U64
+            if self.mala:
+                x, current, diag = self._mala_step(x, k, offset, rng_state, current)
+            else:
+                x, diag = self._ula_step(x, k, offset, rng_state)
+            diags.append(diag)
+            if return_trajectory and (k + 1) % thin == 0:
+                states.append(x.clone())
+        table = torch.stack(diags) if self.track_stats else None
+        return x, (torch.stack(states) if return_trajectory else None), table
+
+    def _start(self, x0):
+        if self.differentiable:
+            return x0
+        return x0.detach().clone(memory_format=torch.contiguous_format)
+
+    def _run(self, x0, return_trajectory, thin, name="x0"):
+        _check_state(name, x0)
+        thin = _positive_int("thin", thin)
+        if self.capture_graph:
+            x, traj, table = self._run_captured(x0, return_trajectory, thin, name)
+        else:
+            x, traj, table = self._loop(self._start(x0), self._offset, None, return_trajectory, thin)
+            self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
+        self.stats = ChainStats(table, self.mala) if table is not None else None
+        return (x, traj) if return_trajectory else x
+
+    # --- CUDA graphs -------------------------------------------------------------------
+
+    def _graph_extra_key(self):
+        return ()
+
+    def _run_captured(self, x0, return_trajectory, thin, name):
+        if x0.device.type != "cuda":
+            raise ValueError(f"capture_graph=True needs CUDA tensors, but {name} is on {x0.device}; "
+                             "use capture_graph=False on this device")
+        key = (tuple(x0.shape), x0.dtype, x0.device, return_trajectory, thin) + self._graph_extra_key()
+        if self._graph is None or self._graph_key != key:
+            self._capture(x0, key, return_trajectory, thin)
+        self._static_x0.copy_(x0)
+        self._graph.replay()
+        self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
+        x, traj, table = self._static_out
+        return (x.clone(), None if traj is None else traj.clone(), None if table is None else table.clone())
+
+    def _capture(self, x0, key, return_trajectory, thin):
+        self.reset_graph()
+        advance = noise_offset_advance(x0.numel())
+        self._static_x0 = x0.detach().clone(memory_format=torch.contiguous_format)
+        rng_state = torch.tensor([[_as_int64("seed", self.seed), 0], [_as_int64("seed", self.accept_seed), 0]],
+                                 dtype=torch.int64, device=x0.device)
+        # Warm up on a side stream (lazy initialisation of autograd and kernels must not
+        # happen during capture); its results and noise are discarded.
+        side = torch.cuda.Stream(device=x0.device)
+        side.wait_stream(torch.cuda.current_stream(x0.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._loop(self._static_x0.clone(), 0, rng_state, return_trajectory, thin)
+        torch.cuda.current_stream(x0.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._loop(self._static_x0.clone(), 0, rng_state, return_trajectory, thin)
+            rng_state[:, 1] += self.n_steps * advance
+        self._graph, self._graph_key, self._static_out = graph, key, out
+        self._rng_state = rng_state
+        self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
+
+
+class DataChain(_LangevinChain):
+    """Langevin sampler of exp(-energy(x)) on the fused op (ULA, or MALA with ``mala=True``).
+
+    Args:
+        energy: callable, x [B, ...] -> per-chain energies [B] (E = -log density + const).
+        n_steps: steps per ``run``.
+        step_size: drift coefficient a (plain Langevin with step delta: a = delta**2/2):
+            a number, a sequence of n_steps numbers, or a schedule (lk.Linear, ...).
+        noise_scale: noise standard deviation s, same forms (s = sqrt(2a) samples exp(-E);
+            other ratios sample exp(-E/T), T = s**2 / (2a)).
+        clamp: None or (lo, hi): every state is clamped (ULA); with MALA the box is the
+            target's support and proposals leaving it are rejected.
+        grad_clip: None or c > 0: each chain's gradient is scaled to norm <= c.
+        mala: Metropolis-adjusted proposals q(y|x) = N(x - a G(x), s^2 I) with per-chain
+            accept/reject on the device; rejected chains keep their state.
+        seed, offset: the chain's noise stream (see the module docstring); ``chain.offset``
+            advances by n_steps * ceil(numel/4) per run.
+        capture_graph: capture the whole run in a CUDA graph once and replay it (CUDA only).
+        differentiable: keep the autograd graph through the steps (out-of-place op,
+            create_graph=True): the result is differentiable w.r.t. x0 and the energy's parameters.
+        track_stats: record per-step diagnostics in ``chain.stats`` (a few tiny reductions).
+    """
+
+    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, noise_scale,
+                 clamp=None, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
+                 differentiable=False, track_stats=True):
+        if not callable(energy):
+            raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
+        self.energy = energy
+        super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, clamp=clamp,
+                         grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
+                         differentiable=differentiable, track_stats=track_stats)
+
+    def _energy(self, x):
+        return self.energy(x)
+
+    def run(self, x0: torch.Tensor, return_trajectory: bool = False, thin: int = 1):
+        """Run n_steps steps from x0 (not modified); returns x, or (x, trajectory) where
+        trajectory[j] is the state after j * thin steps (trajectory[0] = x0)."""
+        return self._run(x0, return_trajectory, thin)
+
+
+class LatentChain(_LangevinChain):
+    """Langevin sampler of the generator posterior p(z | x) for x = g(z) + N(0, sigma^2 I), z ~ N(0, I).
+
+    The energy is ||x - g(z)||^2 / (2 sigma^2) per chain (gradient by autograd through the
+    generator); the prior's gradient z is fused into the op with prior_weight=1. Options as
+    in :class:`DataChain` (no clamp).
+    """
+
+    def __init__(self, generator: Callable[[torch.Tensor], torch.Tensor], *, sigma: float, n_steps, step_size,
+                 noise_scale, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
+                 differentiable=False, track_stats=True):
+        if not callable(generator):
+            raise TypeError(f"generator must be callable (z -> x), got {type(generator).__name__}")
+        sigma = _optional_positive("sigma", sigma)
+        if sigma is None:
+            raise ValueError("sigma=None: the observation noise sigma must be a number > 0")
+        self.generator, self.sigma = generator, sigma
+        self._observed = None
+        super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, prior_weight=1.0,
+                         grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
+                         differentiable=differentiable, track_stats=track_stats)
+
+    def _energy(self, z):
+        residual = _per_chain(self._observed - self.generator(z))
+        return residual.pow(2).sum(1) / (2.0 * self.sigma ** 2)
+
+    def _graph_extra_key(self):
+        return (tuple(self._observed.shape), self._observed.dtype)
+
+    def _bind(self, z0, x):
+        _check_state("x", x)
+        if x.shape[0] != z0.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but z0 has {z0.shape[0]} chains; one observation per chain")
+        if not self.capture_graph:
+            self._observed = x if self.differentiable else x.detach()
+        elif self._observed is None or self._observed.shape != x.shape or self._observed.dtype != x.dtype \
+                or self._observed.device != x.device:
+            self._observed = x.detach().clone()   # the captured graph reads this buffer
+            self.reset_graph()
+        else:
+            self._observed.copy_(x)
+
+    def step(self, z: torch.Tensor, k: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Step k on z for observations x (the last bound ones if None); see DataChain.step."""
+        if x is not None:
+            self._bind(z, x)
+        if self._observed is None:
+            raise ValueError("no observations bound: pass x")
+        return super().step(z, k)
+
+    def run(self, z0: torch.Tensor, x: torch.Tensor, return_trajectory: bool = False, thin: int = 1):
+        """Run n_steps steps from z0 towards p(z | x); returns z (or (z, trajectory))."""
+        _check_state("z0", z0)
+        self._bind(z0, x)
+        return self._run(z0, return_trajectory, thin, name="z0")

@@ -1,0 +1,139 @@
+"""Training configurations: one dataclass, four presets (toy2d, digits, cifar10, celeba64).
+
+Chain settings follow ALGORITHMS.md's notation: a data-chain step is
+``x <- x - (s_x^2 / 2) dE/dx + n_x * noise`` (op step_size a = s_x^2/2, noise_scale n_x), which
+samples exp(-E/T) with T = (n_x / s_x)^2; the EBM loss is divided by T. The image presets carry
+the reference hyper-parameters of dual-MCMC teaching (ALGORITHMS.md section 1); toy2d carries the
+calibration of section 4; digits is ours (a small CPU problem).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+METHODS = ("dual", "coop", "shortrun", "persistent", "vaebm-teach")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as <run>/config.json."""
+
+    config: str = "toy2d"
+    dataset: str = "8gaussians"
+    method: str = "dual"
+    iters: int = 2000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    image_size: int = 0           # 0 for toys and digits
+    latent_dim: int = 2
+    sigma: float = 0.1            # generator observation noise (L_G is the reference's plain SSE)
+    latent_sigma: float = 0.1     # sigma the LatentChain uses (reference parity: sigma / sqrt(2))
+    # data chain (EBM), ALGORITHMS.md section 1 step 2
+    x_steps: int = 20
+    x_step: float = 0.1           # s_x: drift a = s_x^2 / 2
+    x_noise: float = 0.1          # n_x
+    x_clamp: tuple[float, float] | None = None
+    # latent chain (generator posterior), step 3
+    z_steps: int = 10
+    z_step: float = 0.1
+    z_noise: float = 0.1
+    # losses
+    teach_weight: float = 10.0    # S in L_G
+    infer_teach_weight: float = 0.1
+    energy_reg: float = 0.1       # weight of mean(E_data^2 + E_neg^2), same for every method
+    kl_weight: float = 2.0        # vaebm-teach ELBO
+    max_energy_loss: float = 1e4  # |L_E| beyond this is divergence
+    # optimisers
+    lr_energy: float = 1e-3
+    lr_generator: float = 1e-3
+    lr_encoder: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    wd_generator: float = 0.0
+    wd_encoder: float = 0.0
+    lr_decay: float = 1.0         # multiplied into every lr once per epoch
+    epoch_size: int = 0           # iterations per "epoch" for lr_decay (0: data set size / batch)
+    # shortrun / persistent chains (start from U[init_low, init_high])
+    init_low: float = -4.5
+    init_high: float = 4.5
+    sr_steps: int = 100
+    sr_step: float = 0.1          # as s_x: drift sr_step^2 / 2
+    sr_noise: float = 0.1
+    data_noise: float = 0.0       # std of the noise added to data for shortrun / persistent
+    buffer_size: int = 10_000
+    reinit_prob: float = 0.05
+    pcd_steps: int = 20
+    # evaluation and output
+    eval_every: int = 500
+    ckpt_every: int = 500
+    n_eval: int = 5000
+    grid_n: int = 200
+    eval_x_steps: int = 0         # 0: the training chain settings
+    eval_x_step: float = 0.0
+    eval_x_noise: float = 0.0
+    bn_parity: bool = True        # generator BatchNorm stays in train mode inside chains (reference)
+
+    def temperature(self) -> float:
+        """T = (n_x / s_x)^2 of the training data chain."""
+        return (self.x_noise / self.x_step) ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
+        d = dict(d)
+        for key in ("x_clamp", "betas"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _toy2d(**over) -> TrainConfig:
+    return TrainConfig(**over)
+
+
+def _digits(**over) -> TrainConfig:
+    base = dict(config="digits", dataset="digits", batch_size=100, latent_dim=16, sigma=0.3,
+                latent_sigma=0.3, x_steps=30, x_step=0.1, x_noise=0.1, x_clamp=None, z_steps=10,
+                z_step=0.1, z_noise=0.1, teach_weight=10.0, init_low=-1.0, init_high=1.0,
+                sr_steps=60, sr_step=0.1, sr_noise=0.1, data_noise=0.03, buffer_size=2000,
+                eval_every=500, ckpt_every=500, n_eval=1438, iters=2000)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def _image(config: str, dataset: str, image_size: int, x_step: float, teach_weight: float, **over):
+    base = dict(config=config, dataset=dataset, image_size=image_size, batch_size=100, latent_dim=128,
+                sigma=0.3, latent_sigma=0.3 / math.sqrt(2), x_steps=30, x_step=x_step, x_noise=1e-3,
+                z_steps=10, z_step=0.1, z_noise=0.1, teach_weight=teach_weight, energy_reg=0.0,
+                lr_energy=1e-4, lr_generator=3e-4, lr_encoder=1e-4, betas=(0.0, 0.9),
+                wd_generator=5e-4, wd_encoder=5e-4, lr_decay=0.998, init_low=-1.0, init_high=1.0,
+                sr_steps=100, sr_step=math.sqrt(2.0), sr_noise=0.01, data_noise=0.03,
+                iters=200_000, eval_every=5000, ckpt_every=1000, n_eval=50_000,
+                eval_x_steps=70, eval_x_step=0.4, eval_x_noise=1e-3)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+PRESETS = {
+    "toy2d": _toy2d,
+    "digits": _digits,
+    "cifar10": lambda **o: _image("cifar10", "cifar10", 32, 0.5, 50.0, **o),
+    "celeba64": lambda **o: _image("celeba64", "celeba64", 64, 0.3, 70.0, **o),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The named preset with keyword overrides (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"config={name!r} is unknown; allowed: {', '.join(PRESETS)}")
+    cfg = PRESETS[name](**{k: v for k, v in overrides.items() if v is not None})
+    if cfg.method not in METHODS:
+        raise ValueError(f"method={cfg.method!r} is unknown; allowed: {', '.join(METHODS)}")
+    return cfg

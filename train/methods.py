@@ -1,0 +1,336 @@
+"""Dual-MCMC teaching and its baselines, sharing one set of pieces (ALGORITHMS.md sections 1-2).
+
+Each method owns its models, optimisers and chains and exposes ``train_step(x_data) -> losses``
+and ``sample(n) -> {"ebm": ..., "generator": ...}``. The Langevin updates are always
+``langevin_kernels.chains.DataChain`` / ``LatentChain`` runs; nothing here re-implements them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from langevin_kernels.chains import DataChain, LatentChain
+
+from ..models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
+                      GeneratorMLP, ResNetEnergy, SNGANGenerator, gaussian_nll, reparameterize)
+from .config import TrainConfig
+
+
+class Diverged(RuntimeError):
+    """A loss or chain went non-finite or exploded; the trainer adds the iteration."""
+
+
+def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
+    """Energy, generator and encoder for the config's data kind."""
+    if cfg.config == "toy2d":
+        return {"energy": EnergyMLP(), "generator": GeneratorMLP(cfg.latent_dim),
+                "encoder": EncoderMLP(latent_dim=cfg.latent_dim)}
+    if cfg.config == "digits":
+        return {"energy": DigitsEnergy(), "generator": DigitsGenerator(cfg.latent_dim),
+                "encoder": DigitsEncoder(cfg.latent_dim)}
+    return {"energy": ResNetEnergy(cfg.image_size), "generator": SNGANGenerator(cfg.latent_dim, cfg.image_size),
+            "encoder": ConvEncoder(cfg.latent_dim, cfg.image_size)}
+
+
+def check_finite(what: str, tensor: torch.Tensor) -> None:
+    """Raise Diverged naming ``what`` when any entry is NaN or inf."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise Diverged(f"{what} produced non-finite values")
+
+
+def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-example sum of squared errors [B] (sums over pixels/coordinates)."""
+    return (a - b).pow(2).flatten(1).sum(1)
+
+
+class Method:
+    """Shared pieces: models, optimisers, schedulers, the EBM loss and chain bookkeeping.
+
+    ``models`` holds the raw modules (chains call these); ``wrapped`` holds what the losses
+    call (DistributedDataParallel wrappers under torchrun, the raw modules otherwise). Each loss
+    runs one forward per model so DDP sees exactly one forward per backward.
+    """
+
+    uses = ("energy",)
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, wrap=None):
+        self.cfg, self.device, self.rank = cfg, device, rank
+        all_models = build_models(cfg)
+        self.models = {k: all_models[k].to(device) for k in self.uses}
+        wrap = wrap or (lambda m: m)
+        self.wrapped = {k: wrap(m) for k, m in self.models.items()}
+        lrs = {"energy": cfg.lr_energy, "generator": cfg.lr_generator, "encoder": cfg.lr_encoder}
+        wds = {"energy": 0.0, "generator": cfg.wd_generator, "encoder": cfg.wd_encoder}
+        self.optimizers = {k: torch.optim.Adam(m.parameters(), lr=lrs[k], betas=cfg.betas, weight_decay=wds[k])
+                           for k, m in self.models.items()}
+        self.schedulers = {k: torch.optim.lr_scheduler.ExponentialLR(o, gamma=cfg.lr_decay)
+                           for k, o in self.optimizers.items()}
+        # Training randomness that is not chain noise (z, reparameterisation, chain inits).
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(cfg.seed * 1000 + rank + 17)
+        self.chains: dict[str, DataChain | LatentChain] = {}
+        self.temperature = 1.0
+
+    # --- chains ---------------------------------------------------------------------------
+
+    def chain_seed(self, index: int) -> int:
+        """Distinct noise key per (run seed, rank, chain): ranks never share a stream."""
+        return (self.cfg.seed << 24) + (self.rank << 8) + index
+
+    def data_chain(self, n_steps: int, s: float, n: float, index: int) -> DataChain:
+        return DataChain(self.models["energy"], n_steps=n_steps, step_size=s * s / 2, noise_scale=n,
+                         clamp=self.cfg.x_clamp, seed=self.chain_seed(index), track_stats=False)
+
+    def run_chain(self, name: str, x0: torch.Tensor, *extra) -> torch.Tensor:
+        out = self.chains[name].run(x0, *extra)
+        check_finite(f"the {name}", out)
+        return out
+
+    # --- shared losses ----------------------------------------------------------------------
+
+    def randn(self, *shape) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.gen, device=self.device)
+
+    def uniform_init(self, n: int, shape) -> torch.Tensor:
+        u = torch.rand(n, *shape, generator=self.gen, device=self.device)
+        return self.cfg.init_low + (self.cfg.init_high - self.cfg.init_low) * u
+
+    def energy_update(self, x_data: torch.Tensor, x_neg: torch.Tensor, chain: str) -> dict[str, float]:
+        """L_E = [mean E(data) - mean E(neg)] / T + reg * mean(E_data^2 + E_neg^2); one Adam step."""
+        energies = self.wrapped["energy"](torch.cat([x_data, x_neg.detach()]))
+        e_data, e_neg = energies[: len(x_data)], energies[len(x_data):]
+        contrast = (e_data.mean() - e_neg.mean()) / self.temperature
+        loss = contrast + self.cfg.energy_reg * (e_data.pow(2) + e_neg.pow(2)).mean()
+        value = float(loss.detach())
+        if not math.isfinite(value) or abs(float(contrast.detach())) > self.cfg.max_energy_loss:
+            raise Diverged(f"energy loss L_E={value:.4g} (contrast {float(contrast.detach()):.4g}) on samples of the {chain}")
+        self._step("energy", loss)
+        return {"loss_E": value, "E_data": float(e_data.detach().mean()), "E_neg": float(e_neg.detach().mean())}
+
+    def _step(self, *names_and_loss) -> None:
+        *names, loss = names_and_loss
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        for name in names:
+            self.optimizers[name].step()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"models": {k: m.state_dict() for k, m in self.models.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "chains": {k: c.state_dict() for k, c in self.chains.items()},
+                "generator_rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for group in ("models", "optimizers", "schedulers", "chains"):
+            for k, obj in getattr(self, group).items():
+                obj.load_state_dict(state[group][k])
+        self.gen.set_state(state["generator_rng"])
+
+    def train_step(self, x_data: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        """Evaluation samples from fresh chains with a fixed seed (training state untouched)."""
+        raise NotImplementedError
+
+    def eval_chain(self, seed: int) -> DataChain:
+        c = self.cfg
+        steps, s, n = (c.eval_x_steps, c.eval_x_step, c.eval_x_noise) if c.eval_x_steps else \
+            (c.x_steps, c.x_step, c.x_noise)
+        return DataChain(self.models["energy"], n_steps=steps, step_size=s * s / 2, noise_scale=n,
+                         clamp=c.x_clamp, seed=seed, track_stats=False)
+
+
+class GeneratorInitialised(Method):
+    """Methods whose data chain starts at generator samples (dual, coop, vaebm-teach)."""
+
+    uses = ("energy", "generator")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        self.temperature = c.temperature()
+        self.chains["data chain"] = self.data_chain(c.x_steps, c.x_step, c.x_noise, 0)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.models["generator"](z)
+
+    def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        z = torch.randn(n, self.cfg.latent_dim, generator=gen, device=self.device)
+        x_gen = self.generate(z)
+        return {"generator": x_gen, "ebm": self.eval_chain(seed).run(x_gen)}
+
+
+class DualMCMC(GeneratorInitialised):
+    """Dual-MCMC teaching (ALGORITHMS.md section 1): EBM, generator and inference model."""
+
+    uses = ("energy", "generator", "encoder")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        self.chains["latent chain"] = LatentChain(
+            self.models["generator"], sigma=c.latent_sigma, n_steps=c.z_steps, step_size=c.z_step ** 2 / 2,
+            noise_scale=c.z_noise, seed=self.chain_seed(1), track_stats=False)
+
+    def posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """z~ = latent chain from the encoder's reparameterised sample (steps 3)."""
+        with torch.no_grad():
+            mu, logvar = self.models["encoder"](x)
+            z0 = reparameterize(mu, logvar, self.randn(*mu.shape))
+        return self.run_chain("latent chain", z0, x)
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        c, b = self.cfg, len(x)
+        z = self.randn(b, c.latent_dim)
+        x_revised = self.run_chain("data chain", self.generate(z))
+        z_post = self.posterior(x)
+        # Generator: learn from data (posterior samples) + MCMC teaching by the EBM.
+        out = self.wrapped["generator"](torch.cat([z_post, z]))
+        loss_g = _sse(x, out[:b]).mean() + c.teach_weight * _sse(out[b:], x_revised).mean()
+        # Inference model: learn from the latent chain + teaching on the EBM's samples.
+        mu, logvar = self.wrapped["encoder"](torch.cat([x, x_revised]))
+        nll = gaussian_nll(torch.cat([z_post, z]), mu, logvar)
+        loss_i = nll[:b].mean() + c.infer_teach_weight * nll[b:].mean()
+        for name, value in (("generator loss L_G", loss_g), ("encoder loss L_I", loss_i)):
+            if not torch.isfinite(value):
+                raise Diverged(f"{name}={float(value.detach()):.4g} on samples of the data chain / latent chain")
+        self._step("generator", loss_g)
+        self._step("encoder", loss_i)
+        # EBM: a fresh data chain from the updated generator, same z.
+        x_neg = self.run_chain("data chain", self.generate(z))
+        losses = self.energy_update(x, x_neg, "data chain")
+        return {**losses, "loss_G": float(loss_g.detach()), "loss_I": float(loss_i.detach())}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """g(z~) with z~ from the encoder + a fresh latent chain (fixed seed)."""
+        c = self.cfg
+        mu, logvar = self.models["encoder"](x)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        z0 = reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=self.device))
+        chain = LatentChain(self.models["generator"], sigma=c.latent_sigma, n_steps=c.z_steps,
+                            step_size=c.z_step ** 2 / 2, noise_scale=c.z_noise, seed=seed, track_stats=False)
+        return self.models["generator"](chain.run(z0, x))
+
+
+class Cooperative(GeneratorInitialised):
+    """Cooperative learning: the generator learns only from the EBM's revised samples."""
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        z = self.randn(len(x), self.cfg.latent_dim)
+        x_revised = self.run_chain("data chain", self.generate(z))
+        losses = self.energy_update(x, x_revised, "data chain")
+        loss_g = _sse(self.wrapped["generator"](z), x_revised).mean()
+        if not torch.isfinite(loss_g):
+            raise Diverged(f"generator loss L_G={float(loss_g.detach()):.4g} on samples of the data chain")
+        self._step("generator", loss_g)
+        return {**losses, "loss_G": float(loss_g.detach())}
+
+
+class VAEBMTeach(GeneratorInitialised):
+    """Variational MCMC teaching: a VAE initialises the chain and fits its revised samples by ELBO."""
+
+    uses = ("energy", "generator", "encoder")
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        c = self.cfg
+        z = self.randn(len(x), c.latent_dim)
+        x_revised = self.run_chain("data chain", self.generate(z))
+        losses = self.energy_update(x, x_revised, "data chain")
+        mu, logvar = self.wrapped["encoder"](x_revised)
+        z_q = reparameterize(mu, logvar, self.randn(*mu.shape))
+        recon = _sse(self.wrapped["generator"](z_q), x_revised) / (2 * c.sigma ** 2)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        loss_vae = (recon + c.kl_weight * kl).mean()
+        if not torch.isfinite(loss_vae):
+            raise Diverged(f"VAE loss={float(loss_vae.detach()):.4g} on samples of the data chain")
+        self._step("generator", "encoder", loss_vae)
+        return {**losses, "loss_VAE": float(loss_vae.detach())}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        return self.models["generator"](self.models["encoder"](x)[0])
+
+
+class ShortRun(Method):
+    """Short-run EBM: non-persistent chains from uniform noise, data perturbed by small noise."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        self.temperature = (c.sr_noise / c.sr_step) ** 2
+        self.chains["data chain"] = self.data_chain(c.sr_steps, c.sr_step, c.sr_noise, 0)
+
+    def _perturb(self, x):
+        return x + self.cfg.data_noise * self.randn(*x.shape) if self.cfg.data_noise else x
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        x0 = self.uniform_init(len(x), x.shape[1:])
+        x_neg = self.run_chain("data chain", x0)
+        return self.energy_update(self._perturb(x), x_neg, "data chain")
+
+    def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        shape = self.sample_shape
+        x0 = self.cfg.init_low + (self.cfg.init_high - self.cfg.init_low) * torch.rand(
+            n, *shape, generator=gen, device=self.device)
+        c = self.cfg
+        chain = DataChain(self.models["energy"], n_steps=c.sr_steps, step_size=c.sr_step ** 2 / 2,
+                          noise_scale=c.sr_noise, clamp=c.x_clamp, seed=seed, track_stats=False)
+        return {"ebm": chain.run(x0)}
+
+    sample_shape: tuple = (2,)
+
+
+class Persistent(ShortRun):
+    """Persistent chains from a replay buffer with re-initialisation (ebm-anatomy / JEM style)."""
+
+    def __init__(self, *args, sample_shape=(2,), **kwargs):
+        super().__init__(*args, **kwargs)
+        from langevin_kernels.replay import ReplayBuffer
+
+        c = self.cfg
+        self.sample_shape = tuple(sample_shape)
+        self.chains["data chain"] = self.data_chain(c.pcd_steps, c.sr_step, c.sr_noise, 0)
+        self.buffer = ReplayBuffer(c.buffer_size, self.sample_shape, reinit_prob=c.reinit_prob,
+                                   init_fn=lambda n: self.uniform_init(n, self.sample_shape),
+                                   device=self.device, seed=self.chain_seed(2))
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        x0, idx = self.buffer.sample(len(x))
+        x_neg = self.run_chain("data chain", x0)
+        self.buffer.update(idx, x_neg)
+        return self.energy_update(self._perturb(x), x_neg, "data chain")
+
+    def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        return {"ebm": self.buffer.storage[:n].clone()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.buffer.load_state_dict(state["buffer"])
+
+
+METHOD_CLASSES = {"dual": DualMCMC, "coop": Cooperative, "shortrun": ShortRun, "persistent": Persistent,
+                  "vaebm-teach": VAEBMTeach}
+
+
+def build_method(cfg: TrainConfig, device, sample_shape, rank: int = 0, wrap=None) -> Method:
+    """The method named by cfg.method; sample_shape is one data point's shape."""
+    cls = METHOD_CLASSES[cfg.method]
+    if issubclass(cls, Persistent):
+        return cls(cfg, torch.device(device), rank, wrap, sample_shape=sample_shape)
+    method = cls(cfg, torch.device(device), rank, wrap)
+    method.sample_shape = tuple(sample_shape)
+    return method

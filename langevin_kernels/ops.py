@@ -33,6 +33,8 @@ _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}) -> ()")
 
 def _as_int64(name: str, value) -> int:
     """A user's uint64 (seed, offset) as the int64 with the same bits (the schema's int)."""
+    if type(value) is int and 0 <= value < 1 << 63:  # fast path: chains call this every step
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
     value = int(value)
@@ -42,6 +44,8 @@ def _as_int64(name: str, value) -> int:
 
 
 def _as_float(name: str, value, *, nonnegative: bool = False) -> float:
+    if type(value) is float and math.isfinite(value) and (value >= 0 or not nonnegative):
+        return value  # fast path: chains call this every step (ABC isinstance checks are slow)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)

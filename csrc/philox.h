@@ -20,6 +20,9 @@
 #pragma once
 
 #include <cstdint>
+#if !defined(__CUDACC__)
+#include <math.h>  // sqrtf
+#endif
 
 #if defined(__CUDACC__)
 #define LK_HD __host__ __device__ __forceinline__

@@ -1,37 +1,85 @@
 // C++ CPU kernels of the internal ops declared in ../register.cpp.
-// One Philox call serves four consecutive elements (DESIGN section 4); work is
-// split over ATen's thread pool (OpenMP) in whole groups of four.
+//
+// Work is split over ATen's thread pool (OpenMP) in whole groups of four elements
+// (one Philox counter each, DESIGN section 4), so results never depend on the
+// thread count. Each task walks its groups in blocks: the block's normals are
+// made W counters at a time by the SIMD kernels (simd_kernels.h) into a buffer
+// that stays in L1, then the update runs over the block's elements. The SIMD
+// kernels exist once per instruction set; the widest one the CPU supports is
+// chosen at run time (see select_table), and all of them give bit-identical results.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "../philox.h"
+#include "cpu_kernels.h"
 
 namespace {
 
-using langevin::langevin_update;
-using langevin::normals_at;
-
-template <typename T>
-using math_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+using langevin::cpu::Coeffs;
+using langevin::cpu::KernelTable;
 
 // Groups of four elements per parallel task: large enough to amortise the
 // scheduling, small enough to balance two to a few dozen threads.
 constexpr int64_t kGrainGroups = 4096;
+// Groups per block: the block's noise (4 KiB of float) stays in L1 between the
+// noise pass and the update pass.
+constexpr int64_t kBlockGroups = 256;
+
+bool cpu_has_avx2() {
+#if defined(LANGEVIN_HAVE_AVX2_TABLE)
+  __builtin_cpu_init();  // harmless if already done; needed if called during static init
+  return __builtin_cpu_supports("avx2");  // also checks that the OS saves AVX registers
+#else
+  return false;
+#endif
+}
+
+// "auto" -> the widest table this CPU runs; "baseline"/"avx2" -> that table.
+const KernelTable* table_named(const std::string& name) {
+  if (name == "auto") {
+    return table_named(cpu_has_avx2() ? "avx2" : "baseline");
+  }
+  if (name == "baseline") return &langevin::cpu::kBaselineTable;
+  if (name == "avx2") {
+    TORCH_CHECK(cpu_has_avx2(),
+                "CPU kernel instruction set 'avx2' requested, but this CPU (or build) has no AVX2");
+#if defined(LANGEVIN_HAVE_AVX2_TABLE)
+    return &langevin::cpu::kAvx2Table;
+#endif
+  }
+  TORCH_CHECK(false, "CPU kernel instruction set '", name,
+              "' is unknown; allowed: auto, baseline, avx2");
+}
+
+// The table in use. Starts from LANGEVIN_CPU_ISA (default auto); _ext_cpu_isa
+// can switch it at run time (tests compare the tables with each other).
+std::atomic<const KernelTable*>& active_table_slot() {
+  static std::atomic<const KernelTable*> slot{[] {
+    const char* env = std::getenv("LANGEVIN_CPU_ISA");
+    return table_named(env != nullptr && *env != '\0' ? env : "auto");
+  }()};
+  return slot;
+}
+
+const KernelTable& kernels() { return *active_table_slot().load(std::memory_order_relaxed); }
 
 struct StepParams {
-  double a, s, lam, lo, hi;
+  Coeffs coeffs;
   uint64_t seed, offset;
 };
 
 StepParams resolve(double a, double s, double lam, double lo, double hi, int64_t seed,
                    int64_t offset, const std::optional<at::Tensor>& rng_state) {
-  StepParams p{a, s, lam, lo, hi, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+  StepParams p{{a, s, lam, lo, hi}, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
   if (rng_state.has_value()) {
     const int64_t* st = rng_state->data_ptr<int64_t>();
     p.seed = static_cast<uint64_t>(st[0]);
@@ -40,30 +88,65 @@ StepParams resolve(double a, double s, double lam, double lo, double hi, int64_t
   return p;
 }
 
+// The update of `count` elements starting at element i0 of one block. `buf` holds
+// the block's generated noise, or receives explicit 16-bit noise widened to float.
+template <typename scalar_t>
+void step_block(const KernelTable& k, const scalar_t* x, const scalar_t* g, const scalar_t* noise,
+                float* buf, scalar_t* y, int64_t count, const Coeffs& c);
+
+template <>
+void step_block<float>(const KernelTable& k, const float* x, const float* g, const float* noise,
+                       float* buf, float* y, int64_t count, const Coeffs& c) {
+  k.step_f32(x, g, noise != nullptr ? noise : buf, y, count, c);
+}
+
+template <>
+void step_block<double>(const KernelTable& k, const double* x, const double* g,
+                        const double* noise, float* buf, double* y, int64_t count,
+                        const Coeffs& c) {
+  if (noise != nullptr) {
+    k.step_f64_explicit(x, g, noise, y, count, c);  // float64 noise keeps its precision
+  } else {
+    k.step_f64(x, g, buf, y, count, c);
+  }
+}
+
+template <>
+void step_block<at::BFloat16>(const KernelTable& k, const at::BFloat16* x, const at::BFloat16* g,
+                              const at::BFloat16* noise, float* buf, at::BFloat16* y,
+                              int64_t count, const Coeffs& c) {
+  auto bits = [](const at::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); };
+  if (noise != nullptr) k.bf16_to_f32(bits(noise), buf, count);
+  k.step_bf16(bits(x), bits(g), buf, reinterpret_cast<uint16_t*>(y), count, c);
+}
+
+template <>
+void step_block<at::Half>(const KernelTable& k, const at::Half* x, const at::Half* g,
+                          const at::Half* noise, float* buf, at::Half* y, int64_t count,
+                          const Coeffs& c) {
+  auto bits = [](const at::Half* p) { return reinterpret_cast<const uint16_t*>(p); };
+  if (noise != nullptr) k.f16_to_f32(bits(noise), buf, count);
+  k.step_f16(bits(x), bits(g), buf, reinterpret_cast<uint16_t*>(y), count, c);
+}
+
 template <typename scalar_t>
 void step_cpu_typed(const at::Tensor& x, const at::Tensor& grad, const at::Tensor* noise,
                     at::Tensor& out, const StepParams& p) {
-  using M = math_t<scalar_t>;
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = grad.data_ptr<scalar_t>();
   const scalar_t* np_ = noise ? noise->data_ptr<scalar_t>() : nullptr;
   scalar_t* yp = out.data_ptr<scalar_t>();
   const int64_t numel = x.numel();
-  const int64_t groups = (numel + 3) / 4;
-  const M a = static_cast<M>(p.a), s = static_cast<M>(p.s), lam = static_cast<M>(p.lam);
-  const M lo = static_cast<M>(p.lo), hi = static_cast<M>(p.hi);
-  at::parallel_for(0, groups, kGrainGroups, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      float n[4];
-      if (np_ == nullptr) normals_at(p.seed, p.offset + static_cast<uint64_t>(g), n);
-      const int64_t base = 4 * g;
-      const int64_t count = std::min<int64_t>(4, numel - base);
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t i = base + k;
-        const M xi = np_ ? static_cast<M>(np_[i]) : static_cast<M>(n[k]);
-        yp[i] = static_cast<scalar_t>(langevin_update<M>(
-            static_cast<M>(xp[i]), static_cast<M>(gp[i]), xi, a, s, lam, lo, hi));
-      }
+  const KernelTable& k = kernels();
+  at::parallel_for(0, (numel + 3) / 4, kGrainGroups, [&](int64_t g0, int64_t g1) {
+    alignas(64) float buf[4 * kBlockGroups];
+    for (int64_t block = g0; block < g1; block += kBlockGroups) {
+      const int64_t groups = std::min(kBlockGroups, g1 - block);
+      const int64_t i0 = 4 * block;
+      const int64_t count = std::min(4 * groups, numel - i0);
+      if (np_ == nullptr) k.normals(p.seed, p.offset + static_cast<uint64_t>(block), groups, buf);
+      step_block<scalar_t>(k, xp + i0, gp + i0, np_ ? np_ + i0 : nullptr, buf, yp + i0, count,
+                           p.coeffs);
     }
   });
 }
@@ -90,11 +173,20 @@ void ext_normal_cpu(at::Tensor out, int64_t seed, int64_t offset,
   const StepParams p = resolve(0, 0, 0, 0, 0, seed, offset, rng_state);
   float* op = out.data_ptr<float>();
   const int64_t numel = out.numel();
+  const KernelTable& k = kernels();
   at::parallel_for(0, (numel + 3) / 4, kGrainGroups, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      float n[4];
-      normals_at(p.seed, p.offset + static_cast<uint64_t>(g), n);
-      for (int64_t k = 0; k < 4 && 4 * g + k < numel; ++k) op[4 * g + k] = n[k];
+    for (int64_t block = g0; block < g1; block += kBlockGroups) {
+      const int64_t groups = std::min(kBlockGroups, g1 - block);
+      const int64_t i0 = 4 * block;
+      const int64_t count = std::min(4 * groups, numel - i0);
+      const uint64_t counter = p.offset + static_cast<uint64_t>(block);
+      if (count == 4 * groups) {
+        k.normals(p.seed, counter, groups, op + i0);
+      } else {  // the last group is cut short by the end of the tensor
+        alignas(64) float buf[4 * kBlockGroups];
+        k.normals(p.seed, counter, groups, buf);
+        std::memcpy(op + i0, buf, sizeof(float) * count);
+      }
     }
   });
 }
@@ -115,7 +207,19 @@ at::Tensor ext_philox_cpu(const at::Tensor& counters, int64_t key0, int64_t key1
   return out;
 }
 
+// The CPU kernels' instruction set: returns the one in use, after switching to
+// `select` ("auto", "baseline", "avx2") when given. Used by tests and benchmarks.
+std::string ext_cpu_isa(const std::optional<std::string>& select) {
+  if (select.has_value()) active_table_slot().store(table_named(*select));
+  return kernels().isa;
+}
+
 }  // namespace
+
+// Not a tensor op, so it is declared here beside its only kernel (no dispatch key).
+TORCH_LIBRARY_FRAGMENT(langevin_kernels, m) {
+  m.def("_ext_cpu_isa(str? select=None) -> str", &ext_cpu_isa);
+}
 
 TORCH_LIBRARY_IMPL(langevin_kernels, CPU, m) {
   m.impl("_ext_step", &ext_step_cpu);

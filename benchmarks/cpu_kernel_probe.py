@@ -23,14 +23,16 @@ A, S = 0.01, 0.1  # step size and noise scale of a typical image-space chain
 INF = float("inf")
 
 
-def _median_ms(fn, repeats: int) -> list[float]:
+def _sample_ms(fn) -> tuple[float, float]:
+    """(wall ms, CPU ms of all threads) of one call after a warm-up call.
+
+    The CPU time is the steadier number on a shared machine: it leaves out the
+    time this process waited for a core.
+    """
     fn()  # warm-up: page faults of fresh outputs, thread pool start
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - w0) * 1e3, (time.process_time() - c0) * 1e3
 
 
 def _cases(n: int):
@@ -73,7 +75,7 @@ def main() -> None:
     default_isa = ops._ext_cpu_isa()
     isas = ["baseline"] + ([default_isa] if default_isa != "baseline" else [])
 
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[tuple[float, float]]] = {}
     cases = _cases(n)
     for _ in range(args.repeats):  # round-robin: one sample of every variant per pass
         for isa in isas:
@@ -82,16 +84,25 @@ def main() -> None:
                 if name.startswith("eager") and isa != isas[0]:
                     continue
                 label = name if name.startswith("eager") else f"{name} [{isa}]"
-                times.setdefault(label, []).extend(_median_ms(fn, 1))
+                times.setdefault(label, []).append(_sample_ms(fn))
     ops._ext_cpu_isa("auto")
 
     print(f"n = 2^{args.log2n}, {args.threads} threads, {args.repeats} runs each, "
           f"default CPU ISA: {default_isa}, torch {torch.__version__}\n")
-    print("| variant | median ms | min ms | ns/element |")
-    print("|---|---:|---:|---:|")
+    def eager_for(label: str) -> str:  # the eager line each variant is compared with
+        if "normal" in label or "randn" in label:
+            return "eager torch.randn fp32"
+        return "eager clamp bfloat16" if "bfloat16" in label else "eager clamp float32"
+
+    print("| variant | median wall ms | min wall ms | median CPU ms (all threads) | "
+          "wall speed-up vs eager |")
+    print("|---|---:|---:|---:|---:|")
     for label, ts in times.items():
-        med = statistics.median(ts)
-        print(f"| {label} | {med:.2f} | {min(ts):.2f} | {med * 1e6 / n:.2f} |")
+        wall = statistics.median(w for w, _ in ts)
+        cpu = statistics.median(c for _, c in ts)
+        eager_wall = statistics.median(w for w, _ in times[eager_for(label)])
+        print(f"| {label} | {wall:.2f} | {min(w for w, _ in ts):.2f} | {cpu:.2f} | "
+              f"{eager_wall / wall:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ class _LangevinChain:
         energy_y, grad_y, norms_y = self._mala_current(y)
         lam = self.prior_weight
         drift_x, drift_y = (grad_x + lam * x, grad_y + lam * y) if lam else (grad_x, grad_y)
-        log_alpha = (energy_x - energy_y).float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
+        log_alpha = energy_x.float() - energy_y.float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
         normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device,
                                 rng_state=None if rng_state is None else rng_state[1])
         # NaN/inf energies make log_alpha NaN or -inf: the comparison rejects them.
@@ -318,7 +318,7 @@ class _LangevinChain:
         if not 0 <= k < self.n_steps:
             raise ValueError(f"k={k} must be a step index in [0, n_steps={self.n_steps})")
         x = x if self.differentiable else x.detach().clone(memory_format=torch.contiguous_format)
-        offset = self._offset + k * noise_offset_advance(x.numel())
+        offset = (self._offset + k * noise_offset_advance(x.numel())) % _U64
         if self.mala:
             x, _, _ = self._mala_step(x, k, offset, None, self._mala_current(x))
         else:

@@ -319,6 +319,19 @@ def test_replay_buffer_is_reproducible_and_checks_shapes():
 
 # ----------------------------------------------------------------------------- CUDA graphs
 
+@pytest.mark.parametrize("mala", [False, True])
+def test_device_rng_state_path_equals_integer_offsets(mala):
+    # What a captured graph runs, without the graph: seeds and base offsets read from an int64
+    # tensor (the op's rng_state), step k passing the constant k * advance. Checkable on CPU.
+    energy = mlp_energy(small_mlp())
+    chain = DataChain(energy, n_steps=4, step_size=0.02, noise_scale=0.2, mala=mala, seed=3, offset=40)
+    x0 = torch.randn(32, 4)
+    rng_state = torch.tensor([[3, 40], [(3 ^ ACCEPT_SEED_XOR) - (1 << 64), 40]], dtype=torch.int64)
+    from_state, _, table = chain._loop(x0.clone(), 0, rng_state, False, 1)
+    torch.testing.assert_close(from_state, chain.run(x0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(table, chain.stats.table, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
 def _cuda_chain(mala, capture, seed=1):
     torch.manual_seed(0)
     net = small_mlp().cuda()

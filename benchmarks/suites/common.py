@@ -1,0 +1,253 @@
+"""What every suite shares: variants, the timing method, result rows and the machine record.
+
+Timing method (issue 6, DESIGN section 8):
+- every variant of a case runs in one process, one after the other, with the same thread
+  count (torch's intra-op pool also drives the C++ kernel's at::parallel_for);
+- a warm-up call (which also compiles, for torch.compile variants; its time is reported
+  separately as compile time) and then a calibration that picks how many calls one sample
+  holds, so that a sample lasts at least `min_sample_s` (tiny GPU kernels are otherwise
+  dominated by timer resolution);
+- inputs are rotated through a pool larger than the last-level cache, so a call does not find
+  its inputs in cache left by the previous call;
+- on CUDA each sample is bracketed by CUDA events and synchronised; on CPU by perf_counter;
+- the reported time is the median over >= 10 samples.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+import langevin_kernels as lk
+
+MIN_REPEATS = 10
+# Bigger than any last-level cache we run on (H100 L2 50 MB, H200 L2 60 MB, server L3s up to
+# 256 MB): rotating through this many bytes of inputs means a call reads from DRAM/HBM.
+CACHE_FLUSH_BYTES = 512 * 2**20
+
+
+@dataclass
+class Variant:
+    """One way of computing a case.
+
+    run(i) computes the case on rotated input i (the timed call); check() computes it on the
+    case's fixed check input with the shared noise stream, for the agreement check.
+    `context` is entered around warm-up, timing and check (e.g. lk.use_backend).
+    """
+    name: str
+    run: Callable[[int], object] | None = None
+    check: Callable[[], torch.Tensor] | None = None
+    unavailable: str | None = None
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    note: str = ""
+
+
+@dataclass
+class Row:
+    """One measured (or unavailable) variant of one case: a row of the report."""
+    suite: str
+    case: str
+    variant: str
+    median_s: float | None = None
+    min_s: float | None = None
+    samples: int = 0
+    calls_per_sample: int = 0
+    first_call_s: float | None = None      # warm-up call; includes compilation for compile variants
+    compile_s: float | None = None         # first_call_s - median_s for compile variants
+    gbps: float | None = None
+    pct_copy: float | None = None
+    speedup_vs_eager: float | None = None
+    max_abs_err: float | None = None
+    agrees: bool | None = None
+    unavailable: str | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_calls(fn: Callable[[int], object], start: int, calls: int, n_inputs: int,
+                device: torch.device) -> float:
+    """Seconds per call of `calls` consecutive calls on rotated inputs."""
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for k in range(calls):
+            fn((start + k) % n_inputs)
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3 / calls
+    t0 = time.perf_counter()
+    for k in range(calls):
+        fn((start + k) % n_inputs)
+    return (time.perf_counter() - t0) / calls
+
+
+def measure(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, repeats: int = MIN_REPEATS,
+            min_sample_s: float = 2e-3, max_calls: int = 1000) -> dict:
+    """Warm up, calibrate calls per sample, and return the timing summary of `fn`."""
+    repeats = max(repeats, MIN_REPEATS)
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn(0)
+    synchronize(device)
+    first_call_s = time.perf_counter() - t0
+    probe = _time_calls(fn, 1, 1, n_inputs, device)     # second call: compiled, caches primed
+    calls = int(min(max_calls, max(1, math.ceil(min_sample_s / max(probe, 1e-9)))))
+    samples, cursor = [], 2
+    for _ in range(repeats):
+        samples.append(_time_calls(fn, cursor, calls, n_inputs, device))
+        cursor += calls
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples": repeats,
+            "calls_per_sample": calls, "first_call_s": first_call_s}
+
+
+def pool_size(bytes_per_input: int, *, device: torch.device, quick: bool) -> int:
+    """How many input sets to rotate through so that they do not fit in cache (2..64)."""
+    flush = CACHE_FLUSH_BYTES // (4 if quick else 1)
+    budget = (1 if device.type == "cpu" else 8) * 2**30     # memory we allow the pool to take
+    wanted = math.ceil(flush / max(bytes_per_input, 1))
+    affordable = max(2, budget // max(bytes_per_input, 1))
+    return int(max(2, min(64, wanted, affordable)))
+
+
+# ----------------------------------------------------------------------------- agreement check
+
+def tolerance(dtype: torch.dtype, *, chain_steps: int = 1) -> float:
+    """Absolute tolerance between a variant and the float32 reference, for values of order 1.
+
+    float32: the backends' log/sqrt/cos differ from torch's by a few ulp (DESIGN section 4) and
+    fused kernels round once where eager rounds per op: ~1e-6 per step; chains add the
+    network's own rounding (compiled matmuls reassociate) amplified by at most (1 + a L) per
+    step, so 1e-4 is generous for the short chains here yet far below a real bug (a wrong
+    coefficient or reused noise moves values by ~noise_scale = 0.1 or more).
+    bfloat16 (8-bit mantissa, eps 2^-8): eager rounds each of its ~4 ops to bfloat16, an
+    error of up to ~4 * 2^-9 * |value| for |value| <= ~2: 0.03 bounds it; a real bug is still
+    larger than that on most elements, and the check takes the max over >= 2^14 elements.
+    """
+    if dtype == torch.float32:
+        return 1e-5 if chain_steps <= 1 else 1e-4
+    if dtype in (torch.bfloat16, torch.float16):
+        return 3e-2 if chain_steps <= 1 else 5e-2 * chain_steps
+    return 1e-10
+
+
+def compare(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Max |output - reference| in float32 (inf when shapes differ or values are not finite)."""
+    if output.shape != reference.shape:
+        return math.inf
+    diff = (output.detach().float() - reference.float()).abs().max().item()
+    return diff if math.isfinite(diff) else math.inf
+
+
+def reference_noise(numel: int, *, seed: int, offset: int, device) -> torch.Tensor:
+    """The fused op's noise stream at (seed, offset) from the eager reference implementation.
+
+    Eager variants take this as their noise in the agreement check so that they must compute
+    the same numbers as the fused op (timed runs use torch.randn_like, as real EBM code does).
+    """
+    with lk.use_backend("eager"):
+        return lk.philox_normal(numel, seed=seed, offset=offset, device=device)
+
+
+# ----------------------------------------------------------------------------- running a case
+
+def run_case(suite: str, case: str, variants: list[Variant], reference: torch.Tensor | None,
+             device: torch.device, n_inputs: int, *, tol: float, repeats: int, check: bool,
+             min_sample_s: float) -> list[Row]:
+    """Check and time every variant of one case; failures become rows with a reason."""
+    rows = []
+    for variant in variants:
+        row = Row(suite, case, variant.name, unavailable=variant.unavailable, note=variant.note)
+        rows.append(row)
+        if variant.unavailable:
+            continue
+        try:
+            with variant.context():
+                if check and reference is not None and variant.check is not None:
+                    row.max_abs_err = compare(variant.check(), reference)
+                    row.agrees = row.max_abs_err <= tol
+                timing = measure(variant.run, n_inputs, device, repeats=repeats, min_sample_s=min_sample_s)
+        except Exception as exc:  # a variant that fails is reported, not fatal for the others
+            row.unavailable = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            continue
+        for key, value in timing.items():
+            setattr(row, key, value)
+    eager = next((r for r in rows if r.variant == "eager" and r.median_s), None)
+    for row in rows:
+        if eager and row.median_s:
+            row.speedup_vs_eager = eager.median_s / row.median_s
+        if row.variant.startswith("compile") and row.first_call_s is not None and row.median_s:
+            row.compile_s = max(0.0, row.first_call_s - row.median_s)
+    return rows
+
+
+# ----------------------------------------------------------------------------- machine record
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _version(module_name: str) -> str | None:
+    try:
+        module = __import__(module_name)
+    except Exception:  # noqa: BLE001  (absent or broken: either way, no version to report)
+        return None
+    return getattr(module, "__version__", "unknown")
+
+
+def machine_record(device: torch.device) -> dict:
+    """Everything needed to interpret a result file: hardware, software, threads, commit."""
+    record = {
+        "device": device.type,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "torchebm": _version("torchebm"),
+        "langevin_kernels": lk.__version__,
+        "backends": lk.backends(),
+        "git_commit": _git_commit(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        record.update(gpu_name=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                      cuda=torch.version.cuda, sm_count=props.multi_processor_count)
+    return record

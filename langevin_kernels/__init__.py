@@ -2,15 +2,21 @@
 
     import langevin_kernels as lk
     y = lk.langevin_step(x, grad, step_size=a, noise_scale=s, seed=0, offset=0)
+    x_k = lk.DataChain(energy, n_steps=60, step_size=a, noise_scale=s).run(x0)
 
 See README.md and DESIGN.md for the op contract and the noise stream.
 """
+from .chains import ChainStats, DataChain, LatentChain
 from .dispatch import backends, get_backend, set_backend, use_backend
 from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_normal
+from .replay import ReplayBuffer
+from .schedules import Constant, CosineDecay, ExponentialDecay, Linear, Schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend",
     "langevin_step", "langevin_step_", "noise_offset_advance", "philox_normal",
+    "DataChain", "LatentChain", "ChainStats", "ReplayBuffer",
+    "Schedule", "Constant", "Linear", "ExponentialDecay", "CosineDecay",
 ]

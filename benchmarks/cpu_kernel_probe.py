@@ -72,20 +72,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     n = 1 << args.log2n
     ops = torch.ops.langevin_kernels
-    default_isa = ops._ext_cpu_isa()
-    isas = ["baseline"] + ([default_isa] if default_isa != "baseline" else [])
+    # builds before the SIMD kernels have no _ext_cpu_isa: time them as they are
+    select_isa = getattr(ops, "_ext_cpu_isa", None)
+    if select_isa is None:
+        default_isa, isas = "scalar (no _ext_cpu_isa)", ["scalar"]
+        select_isa = lambda name=None: "scalar"  # noqa: E731
+    else:
+        default_isa = select_isa()
+        isas = ["baseline"] + ([default_isa] if default_isa != "baseline" else [])
 
     times: dict[str, list[tuple[float, float]]] = {}
     cases = _cases(n)
     for _ in range(args.repeats):  # round-robin: one sample of every variant per pass
         for isa in isas:
-            ops._ext_cpu_isa(isa)
+            select_isa(isa)
             for name, fn in cases:
                 if name.startswith("eager") and isa != isas[0]:
                     continue
                 label = name if name.startswith("eager") else f"{name} [{isa}]"
                 times.setdefault(label, []).append(_sample_ms(fn))
-    ops._ext_cpu_isa("auto")
+    select_isa("auto")
 
     print(f"n = 2^{args.log2n}, {args.threads} threads, {args.repeats} runs each, "
           f"default CPU ISA: {default_isa}, torch {torch.__version__}\n")

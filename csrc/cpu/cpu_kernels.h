@@ -41,8 +41,14 @@ struct KernelTable {
   void (*f16_to_f32)(const uint16_t* in, float* out, int64_t n);
 };
 
+// The SIMD code uses GCC's vector extensions (__builtin_shuffle and vector selects);
+// other compilers get the scalar header's loop in the baseline table and no AVX2 table.
+#if defined(__GNUC__) && !defined(__clang__)
+#define LANGEVIN_GNU_VECTORS 1
+#endif
+
 extern const KernelTable kBaselineTable;
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(LANGEVIN_GNU_VECTORS)
 #define LANGEVIN_HAVE_AVX2_TABLE 1
 extern const KernelTable kAvx2Table;
 #endif

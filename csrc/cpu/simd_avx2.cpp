@@ -3,13 +3,14 @@
 // runs only where langevin_cpu.cpp has checked that the CPU has AVX2. FMA is
 // deliberately not enabled: fused multiply-adds would round differently from the
 // scalar header and the other backends. See simd_kernels.h.
-#if defined(__x86_64__) || defined(__i386__)
+#include "cpu_kernels.h"
+
+#if defined(LANGEVIN_HAVE_AVX2_TABLE)
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
 
 #include "../philox.h"
-#include "cpu_kernels.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2")

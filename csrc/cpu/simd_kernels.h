@@ -23,6 +23,7 @@ namespace cpu {
 namespace LK_ISA_NS {
 namespace {
 
+#if defined(LANGEVIN_GNU_VECTORS)
 constexpr int W = LK_W;
 typedef float vf __attribute__((vector_size(4 * LK_W)));
 typedef uint32_t vu __attribute__((vector_size(4 * LK_W)));
@@ -203,6 +204,14 @@ void normals(uint64_t seed, uint64_t first_counter, int64_t groups, float* out) 
     std::memcpy(out + 4 * g, tail, sizeof(float) * 4 * (groups - g));
   }
 }
+
+#else  // scalar: the loop of philox.h, one counter at a time
+
+void normals(uint64_t seed, uint64_t first_counter, int64_t groups, float* out) {
+  for (int64_t g = 0; g < groups; ++g) normals_at(seed, first_counter + g, out + 4 * g);
+}
+
+#endif  // LANGEVIN_GNU_VECTORS
 
 // ---- element conversions: branch-free so that the loops vectorise --------------
 

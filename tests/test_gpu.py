@@ -305,6 +305,7 @@ def test_cuda_launches_on_the_current_stream():
     side = torch.cuda.Stream()
     x = torch.zeros(2**24, device="cuda")
     g = torch.ones_like(x)
+    side.wait_stream(torch.cuda.current_stream())  # x and g are made on the default stream
     with torch.cuda.stream(side), lk.use_backend("cuda"):
         torch.cuda._sleep(10_000_000)  # keep the side stream busy (~5-10 ms)
         x.fill_(1.0)

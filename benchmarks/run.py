@@ -79,7 +79,7 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
 
     timed = [r for r in rows if r.median_s]
     if suite == "step":
-        dtypes = sorted({r.extra["dtype"] for r in timed})
+        dtypes = list(dict.fromkeys(r.extra["dtype"] for r in timed))
         fig, axes = plt.subplots(1, max(1, len(dtypes)), figsize=(6 * max(1, len(dtypes)), 4.5), squeeze=False)
         for ax, dtype in zip(axes[0], dtypes):
             for variant in dict.fromkeys(r.variant for r in timed):

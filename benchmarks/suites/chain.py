@@ -218,8 +218,8 @@ def build_variants(case: ChainCase, device, *, with_compile: bool) -> list[Varia
                                 lambda: run_loop(compiled, case, x0, cond, reference_noises(x0)),
                                 note="torch.compile(one eager step, fullgraph); compile time separate"))
     else:
-        variants.append(Variant("compile", unavailable="skipped by --quick (CPU inductor compile of this "
-                                "network takes tens of seconds); run without --quick"))
+        variants.append(Variant("compile", unavailable="skipped by --quick (a cold CPU inductor compile of "
+                                "one MLP chain step took ~10 s here); run without --quick"))
     data_chain, _ = _chain_classes()
     for backend in _backends(device):
         if data_chain is None:

@@ -10,6 +10,8 @@ Timing method (issue 6, DESIGN section 8):
 - inputs are rotated through a pool larger than the last-level cache, so a call does not find
   its inputs in cache left by the previous call;
 - on CUDA each sample is bracketed by CUDA events and synchronised; on CPU by perf_counter;
+- samples of the variants of a case are taken round-robin, so a load spike on a shared machine
+  hits all of them alike;
 - the reported time is the median over >= 10 samples.
 """
 from __future__ import annotations
@@ -97,10 +99,9 @@ def _time_calls(fn: Callable[[int], object], start: int, calls: int, n_inputs: i
     return (time.perf_counter() - t0) / calls
 
 
-def measure(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, repeats: int = MIN_REPEATS,
-            min_sample_s: float = 2e-3, max_calls: int = 1000) -> dict:
-    """Warm up, calibrate calls per sample, and return the timing summary of `fn`."""
-    repeats = max(repeats, MIN_REPEATS)
+def warm_up(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, min_sample_s: float = 2e-3,
+            max_calls: int = 1000) -> dict:
+    """First call (compiles, for compile variants) and the calls per sample that last >= min_sample_s."""
     synchronize(device)
     t0 = time.perf_counter()
     fn(0)
@@ -108,12 +109,17 @@ def measure(fn: Callable[[int], object], n_inputs: int, device: torch.device, *,
     first_call_s = time.perf_counter() - t0
     probe = _time_calls(fn, 1, 1, n_inputs, device)     # second call: compiled, caches primed
     calls = int(min(max_calls, max(1, math.ceil(min_sample_s / max(probe, 1e-9)))))
-    samples, cursor = [], 2
-    for _ in range(repeats):
-        samples.append(_time_calls(fn, cursor, calls, n_inputs, device))
-        cursor += calls
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples": repeats,
-            "calls_per_sample": calls, "first_call_s": first_call_s}
+    return {"first_call_s": first_call_s, "calls_per_sample": calls}
+
+
+def measure(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, repeats: int = MIN_REPEATS,
+            min_sample_s: float = 2e-3, max_calls: int = 1000) -> dict:
+    """Warm up, calibrate calls per sample, and return the timing summary of `fn` alone."""
+    repeats = max(repeats, MIN_REPEATS)
+    summary = warm_up(fn, n_inputs, device, min_sample_s=min_sample_s, max_calls=max_calls)
+    calls = summary["calls_per_sample"]
+    samples = [_time_calls(fn, 2 + r * calls, calls, n_inputs, device) for r in range(repeats)]
+    return {**summary, "median_s": statistics.median(samples), "min_s": min(samples), "samples": repeats}
 
 
 def pool_size(bytes_per_input: int, *, device: torch.device, quick: bool) -> int:
@@ -166,11 +172,22 @@ def reference_noise(numel: int, *, seed: int, offset: int, device) -> torch.Tens
 
 # ----------------------------------------------------------------------------- running a case
 
+def _failure(exc: Exception) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"failed: {type(exc).__name__}: {text}"
+
+
 def run_case(suite: str, case: str, variants: list[Variant], reference: torch.Tensor | None,
              device: torch.device, n_inputs: int, *, tol: float, repeats: int, check: bool,
              min_sample_s: float) -> list[Row]:
-    """Check and time every variant of one case; failures become rows with a reason."""
-    rows = []
+    """Check and time every variant of one case; failures become rows with a reason.
+
+    Samples are taken round-robin (one sample of each variant per round), so that a load spike
+    on a shared machine, or a GPU clock change, falls on all variants alike instead of on
+    whichever variant was being timed at that moment.
+    """
+    repeats = max(repeats, MIN_REPEATS)
+    rows, live = [], []
     for variant in variants:
         row = Row(suite, case, variant.name, unavailable=variant.unavailable, note=variant.note)
         rows.append(row)
@@ -181,12 +198,25 @@ def run_case(suite: str, case: str, variants: list[Variant], reference: torch.Te
                 if check and reference is not None and variant.check is not None:
                     row.max_abs_err = compare(variant.check(), reference)
                     row.agrees = row.max_abs_err <= tol
-                timing = measure(variant.run, n_inputs, device, repeats=repeats, min_sample_s=min_sample_s)
+                summary = warm_up(variant.run, n_inputs, device, min_sample_s=min_sample_s)
         except Exception as exc:  # a variant that fails is reported, not fatal for the others
-            row.unavailable = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            row.unavailable = _failure(exc)
             continue
-        for key, value in timing.items():
-            setattr(row, key, value)
+        row.first_call_s, row.calls_per_sample = summary["first_call_s"], summary["calls_per_sample"]
+        live.append((row, variant, []))
+    for r in range(repeats):
+        for row, variant, samples in live:
+            if row.unavailable:
+                continue
+            try:
+                with variant.context():
+                    samples.append(_time_calls(variant.run, 2 + r * row.calls_per_sample, row.calls_per_sample,
+                                               n_inputs, device))
+            except Exception as exc:  # noqa: BLE001
+                row.unavailable = _failure(exc)
+    for row, _, samples in live:
+        if not row.unavailable:
+            row.median_s, row.min_s, row.samples = statistics.median(samples), min(samples), len(samples)
     eager = next((r for r in rows if r.variant == "eager" and r.median_s), None)
     for row in rows:
         if eager and row.median_s:

@@ -122,8 +122,13 @@ def test_ddp_two_processes_gloo(tmp_path):
     import subprocess
     import sys
 
+    import socket
+
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    with socket.socket() as sock:  # a free port, so parallel test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            "-m", "langevin_kernels.train", "--config", "toy2d", "--method", "dual", "--iters", "3",
            "--batch-size", "16", "--n-eval", "100", "--threads", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -36,7 +36,7 @@ test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: build
-	$(PY) -m langevin_kernels.demo --out runs/demo
+	$(PY) -m langevin_kernels.train.demo --out runs/demo
 
 bench: build
 	$(PY) -m benchmarks.run --suite all --quick --device cpu

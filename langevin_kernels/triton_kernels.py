@@ -122,7 +122,9 @@ def _seed_offset(seed, offset, rng_ptr, HAS_RNG_STATE: tl.constexpr):
     return seed, offset
 
 
-@triton.jit
+# seed and offset change every step: without do_not_specialize Triton would compile a
+# variant per divisibility class and turn a value of 1 into a compile-time constant.
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _langevin_step_kernel(x_ptr, g_ptr, noise_ptr, y_ptr, numel, a, s, lam, lo, hi, seed, offset, rng_ptr,
                           HAS_NOISE: tl.constexpr, HAS_RNG_STATE: tl.constexpr, BLOCK: tl.constexpr):
     groups = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -140,7 +142,7 @@ def _langevin_step_kernel(x_ptr, g_ptr, noise_ptr, y_ptr, numel, a, s, lam, lo, 
     tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _normal_kernel(out_ptr, numel, seed, offset, rng_ptr, HAS_RNG_STATE: tl.constexpr, BLOCK: tl.constexpr):
     groups = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     idx = groups[:, None] * 4 + tl.arange(0, 4)[None, :]

@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 # Reasons a variant may legitimately not run on a CPU-only CI machine.
 EXPLAINED = ("Triton runs CUDA tensors only", "TRITON_INTERPRET=1", "extension built without CUDA",
              "no CUDA device", "CUDA graphs need a CUDA device", "torchebm is not installed",
-             "skipped by --quick", "timed up to 2^", "extension langevin_kernels._C not built")
+             "skipped by --quick", "timed up to 2^", "extension langevin_kernels._C not built",
+             "the cuda backend runs CUDA tensors only")
 
 
 def _assert_rows_sound(rows):

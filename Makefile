@@ -38,7 +38,9 @@ test: build
 demo: build
 	$(PY) -m langevin_kernels.train.demo --out runs/demo
 
+# The peer library is optional (pip extra "bench"); it does not change torch.
 bench: build
+	$(PY) -m pip install "torchebm>=0.8,<0.9"
 	$(PY) -m benchmarks.run --suite all --quick --device cpu
 
 clean:

@@ -6,7 +6,7 @@
 
 See README.md and DESIGN.md for the op contract and the noise stream.
 """
-from .chains import ChainStats, DataChain, LatentChain
+from .chains import ChainStats, DataChain, LatentChain, NonFiniteChainError
 from .dispatch import backends, get_backend, set_backend, use_backend
 from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_normal
 from .replay import ReplayBuffer
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend",
     "langevin_step", "langevin_step_", "noise_offset_advance", "philox_normal",
-    "DataChain", "LatentChain", "ChainStats", "ReplayBuffer",
+    "DataChain", "LatentChain", "ChainStats", "NonFiniteChainError", "ReplayBuffer",
     "Schedule", "Constant", "Linear", "ExponentialDecay", "CosineDecay",
 ]

@@ -25,6 +25,17 @@ fresh noise and equals the uncaptured chain with the same seed and offset. The g
 the energy's parameters where they lie: in-place updates (optimizer.step) are seen, new
 parameter tensors need ``chain.reset_graph()``.
 
+Divergence guard (``on_nonfinite``). A chain (row of the state) is non-finite when any entry
+of its state is NaN or inf. At the end of ``run()`` -- after the loop, outside any captured
+CUDA graph, one host sync per run, never one per step -- the final state is checked:
+``"raise"`` (default) raises :class:`NonFiniteChainError` naming the chains (and, with
+``track_stats=True``, the step after which each first went non-finite, tracked on the device);
+``"reinit"`` replaces those chains' final state with a fresh start (DataChain: ``reinit_fn(n)``
+or the chains' x0 rows; LatentChain: N(0, I) prior draws from the chain's own Philox stream
+keyed ``seed ^ REINIT_SEED_XOR`` at the run's start offset) and records the count in
+``chain.stats.reinitialized``; ``"ignore"`` returns the state as it is (no check, no sync).
+``chain.step`` is never checked.
+
 torch.compile: ``torch.compile(chain.step, fullgraph=True)`` compiles the energy, its
 gradient and one fused step into one graph; dynamo traces ``torch.autograd.grad`` only with
 ``torch._dynamo.config.trace_autograd_ops = True``.
@@ -41,6 +52,9 @@ from .ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance,
 from .schedules import resolve_schedule
 
 ACCEPT_SEED_XOR = 0x9E3779B97F4A7C15  # golden-ratio constant: the accept stream's key differs from the noise key
+REINIT_SEED_XOR = 0xD1B54A32D192ED03  # key of LatentChain's re-initialisation draws (on_nonfinite="reinit")
+ON_NONFINITE = ("raise", "reinit", "ignore")
+_MAX_LISTED = 10  # chains named in a NonFiniteChainError message before "... and N more"
 _U64 = 1 << 64
 STAT_NAMES = ("energy_mean", "grad_norm_mean", "acceptance", "nonfinite_chains")
 
@@ -53,12 +67,14 @@ class ChainStats:
     ``grad_norm_mean`` (mean per-chain norm of dE/dx before clipping), ``acceptance``
     (MALA: fraction of chains that accepted; None for ULA), ``nonfinite_chains`` (chains
     whose energy or gradient was not finite: ULA at the state the step started from,
-    MALA at the proposal, which is then rejected).
+    MALA at the proposal, which is then rejected). ``reinitialized`` (host int): chains whose
+    final state was non-finite and was replaced by a fresh start (``on_nonfinite="reinit"``).
     """
 
-    def __init__(self, table: torch.Tensor, mala: bool):
+    def __init__(self, table: torch.Tensor, mala: bool, reinitialized: int = 0):
         self.table = table
         self.mala = mala
+        self.reinitialized = int(reinitialized)
 
     def __getattr__(self, name):
         if name in STAT_NAMES:
@@ -77,11 +93,43 @@ class ChainStats:
         rows = self.table.detach().cpu()
         out = {name: rows[:, i].tolist() for i, name in enumerate(STAT_NAMES)}
         out["nonfinite_chains"] = [int(v) for v in out["nonfinite_chains"]]
+        out["reinitialized"] = self.reinitialized
         if self.mala:
             out["acceptance_rate"] = float(rows[:, 2].mean())
         else:
             out["acceptance"] = None
         return out
+
+
+class NonFiniteChainError(RuntimeError):
+    """Chains whose state was non-finite (NaN/inf) at the end of ``run()`` (``on_nonfinite="raise"``).
+
+    Attributes (nothing of the run is lost):
+        chains: int64 CPU tensor, indices (dim 0 of the state) of the non-finite chains.
+        first_step: int64 CPU tensor aligned with ``chains``: the number of steps after which each
+            chain's state was first non-finite (0: x0 itself), or None when not tracked
+            (``track_stats=False``).
+        state: the final state of all chains, non-finite rows included (as ``run`` would return it).
+        trajectory: the trajectory when ``return_trajectory=True``, else None.
+        n_chains: the number of chains in the batch.
+    The chain's offset and stats were updated as for a normal run, so the chain can go on.
+    """
+
+    def __init__(self, message: str, *, chains: torch.Tensor, state: torch.Tensor, n_chains: int,
+                 first_step: torch.Tensor | None = None, trajectory: torch.Tensor | None = None):
+        super().__init__(message)
+        self.chains = chains
+        self.first_step = first_step
+        self.state = state
+        self.trajectory = trajectory
+        self.n_chains = int(n_chains)
+
+
+def _listed(values) -> str:
+    values = [int(v) for v in values]
+    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
+    more = len(values) - _MAX_LISTED
+    return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -107,6 +155,18 @@ def _check_state(name: str, x) -> None:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; need a batch of chains along dim 0")
     if not x.is_floating_point():
         raise TypeError(f"{name} has dtype {x.dtype}; chains need a floating-point state")
+
+
+def _check_on_nonfinite(value) -> str:
+    if not isinstance(value, str) or value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite={value!r} is not allowed; allowed values: "
+                         + ", ".join(repr(v) for v in ON_NONFINITE))
+    return value
+
+
+def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: chains with any NaN/inf entry (device op, no sync)."""
+    return ~torch.isfinite(_per_chain(x)).all(1)
 
 
 def _per_chain(t: torch.Tensor) -> torch.Tensor:
@@ -139,8 +199,10 @@ class _LangevinChain:
     """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
-                 mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True):
+                 mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
+                 on_nonfinite="raise"):
         self.n_steps = _positive_int("n_steps", n_steps)
+        self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
         self.step_sizes = resolve_schedule("step_size", step_size, self.n_steps)
         self.noise_scales = resolve_schedule("noise_scale", noise_scale, self.n_steps)
         self.prior_weight = float(prior_weight)
@@ -162,6 +224,8 @@ class _LangevinChain:
         self._offset = 0
         self.offset = offset
         self.stats: ChainStats | None = None
+        self.last_nonfinite: torch.Tensor | None = None
+        self._finite_rows = None
         self.reset_graph()
 
     @staticmethod
@@ -207,6 +271,7 @@ class _LangevinChain:
         self._graph = None
         self._graph_key = None
         self._rng_state = None
+        self._static_finite = None
 
     # --- energy and gradient -----------------------------------------------------------
 
@@ -328,10 +393,19 @@ class _LangevinChain:
     # --- runs --------------------------------------------------------------------------
 
     def _loop(self, x, base_offset, rng_state, return_trajectory, thin):
-        """The K steps from state x; returns (x, trajectory or None, stats table or None)."""
+        """The K steps from state x; returns (x, trajectory or None, stats table or None).
+
+        With ``on_nonfinite="raise"`` and ``track_stats`` it also leaves in ``self._finite_rows``
+        the per-chain finiteness of the state before step 0 and after every step (n_steps + 1
+        bool device tensors [B]; one isfinite and one row reduction per step, no host read),
+        from which an error names the step where each chain first went non-finite.
+        """
         advance = noise_offset_advance(x.numel())
         states = [x.clone()] if return_trajectory else None
         diags = []
+        finite = None
+        if self.track_stats and self.on_nonfinite == "raise":
+            finite = [torch.isfinite(_per_chain(x)).all(1)]
         current = self._mala_current(x) if self.mala else None
         for k in range(self.n_steps):
             offset = (base_offset + k * advance) % _U64
@@ -339,10 +413,13 @@ class _LangevinChain:
                 x, current, diag = self._mala_step(x, k, offset, rng_state, current)
             else:
                 x, diag = self._ula_step(x, k, offset, rng_state)
+            if finite is not None:
+                finite.append(torch.isfinite(_per_chain(x)).all(1))
             diags.append(diag)
             if return_trajectory and (k + 1) % thin == 0:
                 states.append(x.clone())
         table = torch.stack(diags) if self.track_stats else None
+        self._finite_rows = finite
         return x, (torch.stack(states) if return_trajectory else None), table
 
     def _start(self, x0):
@@ -353,13 +430,61 @@ class _LangevinChain:
     def _run(self, x0, return_trajectory, thin, name="x0"):
         _check_state(name, x0)
         thin = _positive_int("thin", thin)
+        base_offset = self._offset
         if self.capture_graph:
             x, traj, table = self._run_captured(x0, return_trajectory, thin, name)
         else:
             x, traj, table = self._loop(self._start(x0), self._offset, None, return_trajectory, thin)
             self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
         self.stats = ChainStats(table, self.mala) if table is not None else None
+        if self.on_nonfinite != "ignore":
+            x = self._guard(x, traj, x0, base_offset)
         return (x, traj) if return_trajectory else x
+
+    # --- divergence guard --------------------------------------------------------------
+
+    def _reinit_rows(self, idx: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, base_offset: int):
+        """Fresh states [len(idx), *x.shape[1:]] for the chains idx (on_nonfinite="reinit")."""
+        raise NotImplementedError
+
+    def _reinit_source(self) -> str:
+        raise NotImplementedError
+
+    def _guard(self, x, traj, x0, base_offset):
+        """The end-of-run check of on_nonfinite: one host sync (the nonzero) when all is well."""
+        self.last_nonfinite = torch.nonzero(_nonfinite_rows(x).cpu()).flatten()  # the one host sync
+        if self.last_nonfinite.numel() == 0:
+            return x
+        idx = self.last_nonfinite.to(x.device)
+        kind, batch = type(self).__name__, x.shape[0]
+        if self.on_nonfinite == "reinit":
+            fresh = self._reinit_rows(idx, x, x0, base_offset).to(dtype=x.dtype, device=x.device)
+            if not self.differentiable:
+                fresh = fresh.detach()
+            x = x.index_put((idx,), fresh)   # out of place: autograd-safe with differentiable=True
+            still = torch.nonzero(_nonfinite_rows(fresh)).flatten().cpu()
+            if still.numel():
+                bad = self.last_nonfinite[still]
+                raise NonFiniteChainError(
+                    f"{kind}.run: on_nonfinite='reinit' could not repair {bad.numel()} of {batch} chains "
+                    f"{_listed(bad)}: their re-initialisation ({self._reinit_source()}) is non-finite too",
+                    chains=bad, state=x, n_chains=batch, trajectory=traj)
+            if self.stats is not None:
+                self.stats.reinitialized = idx.numel()
+            return x
+        chains = self.last_nonfinite
+        first = None
+        if self._finite_rows is not None:   # [n_steps + 1, B] -> index of the first False per chain
+            went_bad = ~torch.stack(self._finite_rows).cpu()[:, chains]
+            first = went_bad.to(torch.int64).argmax(0)
+        where = ""
+        if first is not None:
+            where = "; first non-finite after step " + _listed(first) + " (0 = already in the initial state)"
+        raise NonFiniteChainError(
+            f"{kind}.run: {chains.numel()} of {batch} chains went non-finite (NaN/inf in the state): chains "
+            f"{_listed(chains)}{where}. The exception's .state holds the final state; pass "
+            f"on_nonfinite='reinit' to restart such chains or 'ignore' to return them as they are",
+            chains=chains, first_step=first, state=x, n_chains=batch, trajectory=traj)
 
     # --- CUDA graphs -------------------------------------------------------------------
 
@@ -377,6 +502,7 @@ class _LangevinChain:
         self._graph.replay()
         self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
         x, traj, table = self._static_out
+        self._finite_rows = self._static_finite   # read by _guard before the next replay
         return (x.clone(), None if traj is None else traj.clone(), None if table is None else table.clone())
 
     def _capture(self, x0, key, return_trajectory, thin):
@@ -398,6 +524,7 @@ class _LangevinChain:
             out = self._loop(self._static_x0.clone(), 0, rng_state, return_trajectory, thin)
             rng_state[:, 1] += self.n_steps * advance
         self._graph, self._graph_key, self._static_out = graph, key, out
+        self._static_finite = self._finite_rows
         self._rng_state = rng_state
         self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
 
@@ -423,20 +550,49 @@ class DataChain(_LangevinChain):
         differentiable: keep the autograd graph through the steps (out-of-place op,
             create_graph=True): the result is differentiable w.r.t. x0 and the energy's parameters.
         track_stats: record per-step diagnostics in ``chain.stats`` (a few tiny reductions).
+        on_nonfinite: what ``run`` does with chains whose final state has a NaN/inf entry,
+            checked once at the end of the run (one host sync; outside a captured graph):
+            ``"raise"`` (default): raise :class:`NonFiniteChainError` with the chains' indices
+            (``.chains``), the final state (``.state``) and, when ``track_stats``, the step after
+            which each first went non-finite (``.first_step``); ``"reinit"``: replace those
+            chains' final state by ``reinit_fn(n)`` (n fresh states [n, *x0.shape[1:]]) or, without
+            reinit_fn, by their rows of x0, and count them in ``chain.stats.reinitialized``
+            (NonFiniteChainError if the replacement is non-finite too); ``"ignore"``: no check.
+            ``chain.last_nonfinite`` holds the indices found by the last check.
+        reinit_fn: callable n -> n fresh states, used with ``on_nonfinite="reinit"`` only.
     """
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, noise_scale,
                  clamp=None, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
-                 differentiable=False, track_stats=True):
+                 differentiable=False, track_stats=True, on_nonfinite="raise",
+                 reinit_fn: Callable[[int], torch.Tensor] | None = None):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
+        if reinit_fn is not None and not callable(reinit_fn):
+            raise TypeError(f"reinit_fn must be None or callable (n -> n fresh states), got {type(reinit_fn).__name__}")
         self.energy = energy
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, clamp=clamp,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
-                         differentiable=differentiable, track_stats=track_stats)
+                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite)
+        if reinit_fn is not None and self.on_nonfinite != "reinit":
+            raise ValueError(f"reinit_fn is used only with on_nonfinite='reinit', but on_nonfinite={on_nonfinite!r}")
+        self.reinit_fn = reinit_fn
 
     def _energy(self, x):
         return self.energy(x)
+
+    def _reinit_source(self):
+        return "reinit_fn" if self.reinit_fn is not None else "their rows of x0; pass reinit_fn"
+
+    def _reinit_rows(self, idx, x, x0, base_offset):
+        if self.reinit_fn is None:
+            return x0[idx.to(x0.device)]
+        fresh = self.reinit_fn(int(idx.numel()))
+        want = (int(idx.numel()), *x.shape[1:])
+        if not isinstance(fresh, torch.Tensor) or tuple(fresh.shape) != want:
+            got = tuple(fresh.shape) if isinstance(fresh, torch.Tensor) else type(fresh).__name__
+            raise ValueError(f"reinit_fn({want[0]}) must return a tensor of shape {want}, got {got}")
+        return fresh
 
     def run(self, x0: torch.Tensor, return_trajectory: bool = False, thin: int = 1):
         """Run n_steps steps from x0 (not modified); returns x, or (x, trajectory) where
@@ -449,12 +605,15 @@ class LatentChain(_LangevinChain):
 
     The energy is ||x - g(z)||^2 / (2 sigma^2) per chain (gradient by autograd through the
     generator); the prior's gradient z is fused into the op with prior_weight=1. Options as
-    in :class:`DataChain` (no clamp).
+    in :class:`DataChain` (no clamp, no reinit_fn): with ``on_nonfinite="reinit"`` a non-finite
+    chain restarts from a draw of the N(0, I) prior, taken from the chain's own Philox stream
+    ``lk.philox_normal(z0.numel(), seed=seed ^ REINIT_SEED_XOR, offset=O)`` at the run's start
+    offset O (its row of that draw), so reruns from the same (seed, offset) are reproducible.
     """
 
     def __init__(self, generator: Callable[[torch.Tensor], torch.Tensor], *, sigma: float, n_steps, step_size,
                  noise_scale, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
-                 differentiable=False, track_stats=True):
+                 differentiable=False, track_stats=True, on_nonfinite="raise"):
         if not callable(generator):
             raise TypeError(f"generator must be callable (z -> x), got {type(generator).__name__}")
         sigma = _optional_positive("sigma", sigma)
@@ -464,7 +623,19 @@ class LatentChain(_LangevinChain):
         self._observed = None
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, prior_weight=1.0,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
-                         differentiable=differentiable, track_stats=track_stats)
+                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite)
+
+    @property
+    def reinit_seed(self) -> int:
+        """Key of the prior draws that restart non-finite chains (seed XOR REINIT_SEED_XOR)."""
+        return self.seed ^ REINIT_SEED_XOR
+
+    def _reinit_source(self):
+        return "N(0, I) prior draws"
+
+    def _reinit_rows(self, idx, z, z0, base_offset):
+        prior = philox_normal(z.numel(), seed=self.reinit_seed, offset=base_offset, device=z.device)
+        return prior.reshape(z.shape)[idx]
 
     def _energy(self, z):
         residual = _per_chain(self._observed - self.generator(z))

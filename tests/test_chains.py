@@ -173,7 +173,7 @@ def test_stats_stay_on_device_and_count_nonfinite_chains():
     def energy(x):                                      # NaN (and NaN gradient) where x[:, 0] < -5
         return 0.5 * x.pow(2).sum(1) + torch.sqrt(x[:, 0] + 5)
 
-    chain = DataChain(energy, n_steps=3, step_size=0.1, noise_scale=0.1)
+    chain = DataChain(energy, n_steps=3, step_size=0.1, noise_scale=0.1, on_nonfinite="ignore")
     x0 = torch.ones(4, 2)
     x0[0, 0] = -10.0                                    # chain 0 is broken (and stays NaN)
     chain.run(x0)

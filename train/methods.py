@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from langevin_kernels.chains import DataChain, LatentChain
+from langevin_kernels.chains import DataChain, LatentChain, NonFiniteChainError
 
 from ..models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
                       GeneratorMLP, ResNetEnergy, SNGANGenerator, gaussian_nll, reparameterize)
@@ -84,9 +84,14 @@ class Method:
                          clamp=self.cfg.x_clamp, seed=self.chain_seed(index), track_stats=False)
 
     def run_chain(self, name: str, x0: torch.Tensor, *extra) -> torch.Tensor:
-        out = self.chains[name].run(x0, *extra)
-        check_finite(f"the {name}", out)
-        return out
+        """A training chain's run; non-finite chains (the chains' default on_nonfinite="raise") -> Diverged."""
+        try:
+            return self.chains[name].run(x0, *extra)
+        except NonFiniteChainError as err:
+            idx = err.chains.tolist()
+            shown = ", ".join(map(str, idx[:10])) + (", ..." if len(idx) > 10 else "")
+            raise Diverged(f"the {name} produced non-finite values (chain '{name}': {len(idx)} of "
+                           f"{err.n_chains} chains, indices [{shown}])") from err
 
     # --- shared losses ----------------------------------------------------------------------
 
@@ -144,7 +149,7 @@ class Method:
         steps, s, n = (c.eval_x_steps, c.eval_x_step, c.eval_x_noise) if c.eval_x_steps else \
             (c.x_steps, c.x_step, c.x_noise)
         return DataChain(self.models["energy"], n_steps=steps, step_size=s * s / 2, noise_scale=n,
-                         clamp=c.x_clamp, seed=seed, track_stats=False)
+                         clamp=c.x_clamp, seed=seed, track_stats=False, on_nonfinite="ignore")
 
 
 class GeneratorInitialised(Method):
@@ -218,7 +223,8 @@ class DualMCMC(GeneratorInitialised):
         gen = torch.Generator(device=self.device).manual_seed(seed)
         z0 = reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=self.device))
         chain = LatentChain(self.models["generator"], sigma=c.latent_sigma, n_steps=c.z_steps,
-                            step_size=c.z_step ** 2 / 2, noise_scale=c.z_noise, seed=seed, track_stats=False)
+                            step_size=c.z_step ** 2 / 2, noise_scale=c.z_noise, seed=seed, track_stats=False,
+                            on_nonfinite="ignore")
         return self.models["generator"](chain.run(z0, x))
 
 
@@ -285,7 +291,8 @@ class ShortRun(Method):
             n, *shape, generator=gen, device=self.device)
         c = self.cfg
         chain = DataChain(self.models["energy"], n_steps=c.sr_steps, step_size=c.sr_step ** 2 / 2,
-                          noise_scale=c.sr_noise, clamp=c.x_clamp, seed=seed, track_stats=False)
+                          noise_scale=c.sr_noise, clamp=c.x_clamp, seed=seed, track_stats=False,
+                          on_nonfinite="ignore")
         return {"ebm": chain.run(x0)}
 
     sample_shape: tuple = (2,)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 METHODS = ("dual", "coop", "shortrun", "persistent", "vaebm-teach")
+CONFIGS = ("toy2d", "digits", "cifar10", "celeba64")
+IMAGE_SIZES = (32, 64)   # what the image models support (models/images.py)
+MAX_SEED = 2 ** 31       # chain seeds are (seed << 24) + ...: must stay an int64
 
 
 @dataclass
@@ -91,7 +95,106 @@ class TrainConfig:
         for key in ("x_clamp", "betas"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
-        return cls(**d)
+        return cls(**d).validate()
+
+    def validate(self) -> "TrainConfig":
+        """Check every field's type and range; raise ValueError naming the field, its value and the
+        allowed range. Returns self (so ``preset`` / ``from_dict`` can chain it)."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        c = self
+        _one_of("config", c.config, CONFIGS)
+        _one_of("method", c.method, METHODS)
+        from .data import IMAGE_DATASETS, TOY_DATASETS  # no import cycle: data does not import config
+        datasets = {"toy2d": TOY_DATASETS, "digits": ("digits",)}.get(c.config, IMAGE_DATASETS)
+        _one_of("dataset", c.dataset, datasets, f" with config={c.config!r}")
+        if c.config in ("toy2d", "digits"):
+            _one_of("image_size", c.image_size, (0,), f" with config={c.config!r} (the data fixes the shape)")
+        else:
+            _one_of("image_size", c.image_size, IMAGE_SIZES, f" with config={c.config!r}")
+        try:
+            import torch
+            torch.device(c.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device={c.device!r} is not a device; allowed: 'cpu', 'cuda', 'cuda:N'") from None
+        if not 0 <= c.seed < MAX_SEED:
+            raise ValueError(f"seed={c.seed!r} is out of range; allowed: 0 <= seed < 2**31")
+        for name in ("iters", "batch_size", "latent_dim", "x_steps", "z_steps", "sr_steps", "pcd_steps",
+                     "buffer_size", "eval_every", "ckpt_every"):
+            _at_least(name, getattr(c, name), 1)
+        _at_least("n_eval", c.n_eval, 2)      # MMD and Frechet distances need two samples
+        _at_least("grid_n", c.grid_n, 2)
+        for name in ("epoch_size", "eval_x_steps"):
+            _at_least(name, getattr(c, name), 0)
+        positive = ["sigma", "latent_sigma", "x_step", "x_noise", "z_step", "z_noise", "sr_step", "sr_noise",
+                    "lr_energy", "lr_generator", "lr_encoder"]
+        if c.eval_x_steps:  # otherwise the evaluation chain uses the training settings
+            positive += ["eval_x_step", "eval_x_noise"]
+        for name in positive:
+            value = getattr(c, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number > 0")
+        for name in ("teach_weight", "infer_teach_weight", "energy_reg", "kl_weight", "wd_generator",
+                     "wd_encoder", "data_noise"):
+            value = getattr(c, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number >= 0")
+        if not c.max_energy_loss >= 0:  # inf allowed (never abort on size), 0 aborts at once
+            raise ValueError(f"max_energy_loss={c.max_energy_loss!r} is out of range; allowed: a number >= 0")
+        if not 0 < c.lr_decay <= 1:
+            raise ValueError(f"lr_decay={c.lr_decay!r} is out of range; allowed: 0 < lr_decay <= 1")
+        if not 0 <= c.reinit_prob <= 1:
+            raise ValueError(f"reinit_prob={c.reinit_prob!r} is out of range; allowed: 0 <= reinit_prob <= 1")
+        if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
+            raise ValueError(f"betas={c.betas!r} is out of range; allowed: two numbers in [0, 1)")
+        if not (math.isfinite(c.init_low) and math.isfinite(c.init_high) and c.init_low < c.init_high):
+            raise ValueError(f"init_low={c.init_low!r}, init_high={c.init_high!r}: allowed: finite numbers "
+                             "with init_low < init_high")
+        if c.x_clamp is not None and (len(c.x_clamp) != 2 or not all(math.isfinite(v) for v in c.x_clamp)
+                                      or not c.x_clamp[0] < c.x_clamp[1]):
+            raise ValueError(f"x_clamp={c.x_clamp!r} is out of range; allowed: None or (low, high), finite, "
+                             "low < high")
+        if c.method == "persistent" and c.buffer_size < c.batch_size:
+            raise ValueError(f"buffer_size={c.buffer_size} is smaller than batch_size={c.batch_size}; "
+                             "method 'persistent' draws a batch of distinct buffer states: allowed "
+                             "buffer_size >= batch_size")
+        return self
+
+
+def _check_type(name: str, value, annotation: str) -> None:
+    """The field's declared type (annotations are strings here: ``from __future__ import annotations``)."""
+    ann = str(annotation)
+    if ann == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        want = "an integer"
+    elif ann == "float":
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        want = "a number"
+    elif ann == "str":
+        ok, want = isinstance(value, str), "a string"
+    elif ann == "bool":
+        ok, want = isinstance(value, bool), "true or false"
+    elif ann.startswith("tuple[float, float]"):
+        none_ok = ann.endswith("None")
+        ok = (value is None and none_ok) or (
+            isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value))
+        want = "a pair of numbers" + (" or None" if none_ok else "")
+    else:  # pragma: no cover - a new field type: add it above
+        return
+    if not ok:
+        raise ValueError(f"{name}={value!r} has the wrong type; allowed: {want}")
+
+
+def _one_of(name: str, value, allowed, context: str = "") -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed{context}; allowed: "
+                         f"{', '.join(repr(a) for a in allowed)}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{name}={value!r} is out of range; allowed: an integer >= {low}")
 
 
 def _toy2d(**over) -> TrainConfig:
@@ -133,7 +236,13 @@ def preset(name: str, **overrides) -> TrainConfig:
     """The named preset with keyword overrides (None values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"config={name!r} is unknown; allowed: {', '.join(PRESETS)}")
-    cfg = PRESETS[name](**{k: v for k, v in overrides.items() if v is not None})
-    if cfg.method not in METHODS:
-        raise ValueError(f"method={cfg.method!r} is unknown; allowed: {', '.join(METHODS)}")
-    return cfg
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
+    try:
+        cfg = PRESETS[name](**overrides)
+    except TypeError:  # an override of a value the preset passes positionally (the image presets'
+        cfg = dataclasses.replace(PRESETS[name](), **overrides)  # image_size, x_step, teach_weight)
+    return cfg.validate()

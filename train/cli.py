@@ -5,7 +5,8 @@
     langevin-train --config cifar10 --data-root /data/cifar --out runs/cifar   # reference settings
     torchrun --nproc-per-node 2 -m langevin_kernels.train --config toy2d ...  # DDP (gloo on CPU)
 
-Exit status: 0 done, 2 bad arguments or missing data, 3 training diverged (last good checkpoint kept).
+Exit status: 0 done, 2 bad arguments, missing or malformed data or an unusable checkpoint (the message
+names the file and what to do), 3 training diverged (last good checkpoint kept).
 """
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ def main(argv=None) -> int:
             if args.resume and not trainer.resume():
                 print(f"--resume: no checkpoint in {args.out}; starting from scratch", file=sys.stderr)
             history = trainer.train()
-    except (ValueError, DataRootError) as err:
+    except (ValueError, DataRootError, ImportError) as err:
+        # Bad settings, missing or malformed data, an unusable checkpoint (CheckpointError), a missing
+        # optional dependency: one line naming the cause, no traceback.
         print(f"langevin-train: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

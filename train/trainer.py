@@ -191,18 +191,160 @@ class Evaluator:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+TMP_MARK = ".tmp"  # temp files are "<final name>.tmp<pid>" in the final file's directory
+
+#: Test hook (tests/test_train_hardening.py): "N:STAGE" makes the N-th atomic_save of this process
+#: SIGKILL itself mid-write. STAGE "partial": the temp file holds only the first half of the bytes;
+#: "written": the temp file is complete but not yet renamed; "replaced": just after the rename.
+KILL_HOOK_ENV = "LANGEVIN_TEST_KILL_SAVE"
+_saves = 0
+
+
+def _kill_hook(stage: str, tmp: str) -> None:
+    spec = os.environ.get(KILL_HOOK_ENV)
+    if not spec:
+        return
+    count, want = spec.split(":")
+    if _saves != int(count) or stage != want:
+        return
+    if stage == "partial":
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
+            f.flush()
+            os.fsync(f.fileno())
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write, hook: bool = False) -> None:
+    """write(file) into "<path>.tmp<pid>", flush + fsync, os.replace onto path, fsync the directory.
+
+    A reader (or a resumed run after a kill or power loss) sees either the old complete file or the
+    new complete one, never a torn one; a kill leaves at most a stale temp file, which
+    remove_stale_temps() deletes and nothing ever reads.
+    """
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if hook:
+            _kill_hook("partial", tmp)
+            _kill_hook("written", tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if hook:
+        _kill_hook("replaced", tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temp file in the same directory, then os.replace (never a torn file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    global _saves
+    _saves += 1
+    _atomic_write(path, lambda f: torch.save(obj, f), hook=True)
 
 
 def _write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete "<path>.tmp<pid>" files left by killed writers (not those of live processes); returns them."""
+    directory, name = os.path.split(path)
+    removed = []
+    try:
+        entries = os.listdir(directory or ".")
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(name + TMP_MARK):
+            continue
+        pid = entry[len(name + TMP_MARK):]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live process is writing it right now
+        try:
+            os.remove(os.path.join(directory, entry))
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, not ours, or from a different configuration."""
+
+
+#: Config keys that may change when a run is resumed (run length, device and evaluation settings;
+#: max_energy_loss only decides when to stop). Every other key must equal the checkpoint's.
+RESUMABLE_KEYS = frozenset({"iters", "device", "eval_every", "ckpt_every", "n_eval", "grid_n", "eval_x_steps",
+                            "eval_x_step", "eval_x_noise", "max_energy_loss"})
+CHECKPOINT_KEYS = ("iteration", "config", "method", "source", "history", "torch_rng", "python_rng")
+
+
+def _fix_hint(path: str) -> str:
+    return (f"Delete it (rm {path}) to start this run from scratch, run without --resume, or choose "
+            f"another --out.")
+
+
+def load_checkpoint(path: str, map_location=None) -> dict:
+    """torch.load a trainer checkpoint; CheckpointError naming the file when it is not one."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, garbage bytes, foreign pickle ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {reason[:200]}); it is truncated, "
+            f"corrupt or not written by langevin-train. {_fix_hint(path)}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training checkpoint "
+                              f"(a dict with {', '.join(CHECKPOINT_KEYS)}). {_fix_hint(path)}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint: missing "
+                              f"{missing or ['config (a dict)']}. {_fix_hint(path)}")
+    return state
+
+
+def config_differences(saved: dict, requested: dict) -> dict:
+    """{key: (saved, requested)} for the keys outside RESUMABLE_KEYS whose values differ."""
+    out = {}
+    for key in sorted(set(saved) | set(requested)):
+        if key in RESUMABLE_KEYS:
+            continue
+        a, b = saved.get(key, "<absent>"), requested.get(key, "<absent>")
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            out[key] = (saved.get(key, "<absent>"), requested.get(key, "<absent>"))
+    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -216,7 +358,13 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(cfg.device)
         self.progress = progress and rank == 0
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={cfg.device!r} but torch.cuda.is_available() is False; use --device cpu")
         os.makedirs(out_dir, exist_ok=True)
+        if rank == 0:
+            for name in ("config.json", "metrics.json"):
+                remove_stale_temps(os.path.join(out_dir, name))
+        remove_stale_temps(self.checkpoint_path)
         torch.manual_seed(cfg.seed + rank)  # model initialisation (DDP then broadcasts rank 0's)
         random.seed(cfg.seed + rank)
         self.source = make_source(cfg, rank, data_root, download)
@@ -239,15 +387,38 @@ class Trainer:
         atomic_save(self.state_dict(), self.checkpoint_path)
 
     def resume(self) -> bool:
-        """Load the run's checkpoint if there is one; True when resumed."""
-        if not os.path.exists(self.checkpoint_path):
+        """Load the run's checkpoint if there is one; True when resumed.
+
+        CheckpointError (a ValueError; the CLI exits with status 2) names the file when it is
+        unreadable or not a checkpoint, and the keys when it was written by a different
+        configuration (only RESUMABLE_KEYS may differ). Stale temp files of killed writers are
+        removed first (they are never read).
+        """
+        path = self.checkpoint_path
+        remove_stale_temps(path)
+        if not os.path.exists(path):
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        self.method.load_state_dict(state["method"])
-        self.source.load_state_dict(state["source"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.iteration, self.history = state["iteration"], state["history"]
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest to the device.
+        state = load_checkpoint(path, map_location="cpu")
+        diff = config_differences(state["config"], self.cfg.to_dict())
+        if diff:
+            detail = "; ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(
+                f"checkpoint {path} was written by a different configuration ({detail}). Resume with the "
+                f"checkpoint's settings, or start a new run: {_fix_hint(path)}")
+        try:
+            self.method.load_state_dict(state["method"])
+            self.source.load_state_dict(state["source"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["python_rng"])
+            self.iteration, self.history = int(state["iteration"]), list(state["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this run's models or data "
+                                  f"({type(err).__name__}: {str(err).strip()[:300]}). {_fix_hint(path)}") from err
+        if not 0 <= self.iteration <= self.cfg.iters:
+            raise CheckpointError(f"checkpoint {path} is at iteration {self.iteration}, beyond iters="
+                                  f"{self.cfg.iters}: pass --iters {self.iteration} or more to continue it. "
+                                  f"{_fix_hint(path)}")
         return True
 
     def _epoch_size(self) -> int:

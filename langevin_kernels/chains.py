@@ -559,6 +559,9 @@ class DataChain(_LangevinChain):
             reinit_fn, by their rows of x0, and count them in ``chain.stats.reinitialized``
             (NonFiniteChainError if the replacement is non-finite too); ``"ignore"``: no check.
             ``chain.last_nonfinite`` holds the indices found by the last check.
+            With ``differentiable=True`` the replacement is out of place and differentiable (x0
+            rows: identity); the gradient reaching x0 or the parameters through a replaced chain's
+            discarded steps can still be NaN (its zero cotangent times a NaN Jacobian).
         reinit_fn: callable n -> n fresh states, used with ``on_nonfinite="reinit"`` only.
     """
 

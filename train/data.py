@@ -233,21 +233,138 @@ def check_image_root(name: str, data_root: str | None) -> None:
         raise _expected(name, data_root)
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class ImageDataError(ValueError):
+    """An image folder that cannot be trained on: no class folders, no images, unreadable images,
+    or images smaller than the config's image_size. The message names the files."""
+
+
+def _examples(items: list, n: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+class ImageFolderDataset:
+    """DATA_ROOT/<class>/**/*.png|jpg as items (image [3, S, S] in [-1, 1], class index), Pillow only.
+
+    The size rule: every image is converted to RGB, resized so that its shorter side is
+    ``image_size`` (bilinear, antialiased) and centre-cropped to image_size x image_size, so a
+    folder may mix sizes and aspect ratios; an image whose shorter side is below ``image_size`` is
+    rejected (it would be upsampled). This is torchvision's Resize(S) + CenterCrop(S).
+
+    Construction checks the whole folder before any training: class folders exist, each holds an
+    image, every file opens as an image (Pillow reads its header and verifies it) and is big enough;
+    otherwise ImageDataError naming the files. A file that breaks later still raises ImageDataError
+    naming it.
+    """
+
+    def __init__(self, root: str, image_size: int):
+        from PIL import Image
+
+        self.root, self.image_size = root, int(image_size)
+        if not os.path.isdir(root):
+            raise DataRootError(f"image folder {root!r} does not exist")
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.classes:
+            stray = sorted(f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS))
+            raise ImageDataError(
+                f"image folder {root!r} has no class subfolders: the layout is {_LAYOUTS['imagefolder']}"
+                + (f"; move the {len(stray)} images found directly in it into a subfolder, e.g. "
+                   f"{os.path.join(root, 'all', stray[0])}" if stray else ""))
+        self.samples: list[tuple[str, int]] = []
+        empty = []
+        for label, cls in enumerate(self.classes):
+            files = sorted(os.path.join(dirpath, f) for dirpath, _, names in os.walk(os.path.join(root, cls))
+                           for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                empty.append(cls)
+            self.samples += [(f, label) for f in files]
+        if not self.samples:
+            raise ImageDataError(f"image folder {root!r} has class subfolders ({_examples(self.classes)}) but no "
+                                 f"{'/'.join(IMAGE_EXTENSIONS)} images in them")
+        if empty:
+            raise ImageDataError(f"image folder {root!r}: class subfolders without {'/'.join(IMAGE_EXTENSIONS)} "
+                                 f"images: {_examples(empty)}; remove them or add images")
+        bad, small = [], []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+                    im.verify()
+            except Exception as err:  # Pillow raises many types for broken files
+                bad.append(f"{path} ({type(err).__name__}: {str(err)[:80]})")
+                continue
+            if min(size) < self.image_size:
+                small.append(f"{path} ({size[0]}x{size[1]})")
+        if bad:
+            raise ImageDataError(f"image folder {root!r}: {len(bad)} unreadable or corrupt image files: "
+                                 f"{_examples(bad, 3)}; delete or replace them")
+        if small:
+            raise ImageDataError(
+                f"image folder {root!r}: {len(small)} images are smaller than image_size={self.image_size} on "
+                f"their shorter side: {_examples(small, 3)}. Images are resized (shorter side to "
+                f"{self.image_size}) and centre-cropped, never upsampled; use larger images or a config "
+                f"with a smaller image_size")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im = _resize_shorter(im, self.image_size)
+                w, h = im.size
+                s = self.image_size
+                top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+                im = im.crop((left, top, left + s, top + s))
+                pixels = np.asarray(im, dtype=np.uint8).copy()
+        except Exception as err:
+            raise ImageDataError(f"image file {path} could not be read ({type(err).__name__}: {err}); delete "
+                                 f"or replace it") from err
+        x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+        return x.sub_(0.5).div_(0.5), label
+
+
+def _resize_shorter(im, size: int):
+    from PIL import Image
+
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return im
+    new_long = int(size * long / short)
+    new = (size, new_long) if w <= h else (new_long, size)
+    return im.resize(new, Image.BILINEAR)
+
+
 def load_image_dataset(name: str, data_root: str | None, image_size: int, download: bool = False):
-    """A torchvision data set of images in [-1, 1] at ``image_size`` (needs torchvision).
+    """Images in [-1, 1] at ``image_size``: image folders (imagefolder, the CelebA folder) through
+    ImageFolderDataset (Pillow), cifar10 / svhn / mnist through torchvision.
 
     Without ``download`` the data must already be under ``data_root``; otherwise DataRootError.
+    Malformed image folders raise ImageDataError before any training.
     """
     if not download:
         check_image_root(name, data_root)
+    root = data_root or "data"
+    if name in ("imagefolder", "celeba64"):
+        celeba_dir = os.path.join(root, "celeba")
+        return ImageFolderDataset(celeba_dir if name == "celeba64" and os.path.isdir(celeba_dir) else root,
+                                  image_size)
     try:
         import torchvision
         from torchvision import transforms as T
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"dataset={name!r} needs torchvision (pip install torchvision)") from err
+    except ImportError as err:  # depends on the environment
+        raise ImportError(f"dataset={name!r} needs torchvision (pip install torchvision); image folders "
+                          f"(--dataset imagefolder) do not") from err
     tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(),
                     T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    root = data_root or "data"
     if name == "cifar10":
         return torchvision.datasets.CIFAR10(root, train=True, transform=tf, download=download)
     if name == "svhn":
@@ -255,7 +372,4 @@ def load_image_dataset(name: str, data_root: str | None, image_size: int, downlo
     if name == "mnist":
         gray = T.Compose([T.Resize(image_size), T.Grayscale(3), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
         return torchvision.datasets.MNIST(root, train=True, transform=gray, download=download)
-    celeba_dir = os.path.join(root, "celeba")
-    if name == "celeba64" and os.path.isdir(celeba_dir):
-        return torchvision.datasets.ImageFolder(celeba_dir, transform=tf)
-    return torchvision.datasets.ImageFolder(root, transform=tf)
+    raise ValueError(f"dataset={name!r} is not an image data set; allowed: {', '.join(_LAYOUTS)}")

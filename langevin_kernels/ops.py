@@ -103,13 +103,57 @@ def _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp
                              "counter would wrap and repeat noise; use a smaller offset")
 
 
-def _check_inplace_target(x: torch.Tensor) -> None:
+def _may_overlap_itself(x: torch.Tensor) -> bool:
+    """False when sizes and strides alone prove that no two elements of x share memory: with
+    the dims of size > 1 sorted by stride, each stride steps past everything the smaller
+    strides reach (True for every expanded view, and for some layouts that only look odd)."""
+    reach = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
+
+
+def _overlaps_itself(x: torch.Tensor) -> bool:
+    """Whether two elements of x share memory (exact; metadata only, no data reads)."""
+    if x.numel() <= 1 or x.is_contiguous() or not _may_overlap_itself(x):
+        return False
+    element_offsets = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(x.shape, x.stride()):
+        element_offsets = (element_offsets.unsqueeze(-1) + torch.arange(size) * stride).reshape(-1)
+    return element_offsets.unique().numel() < x.numel()
+
+
+def _check_inplace_target(x: torch.Tensor, *, exact: bool = True) -> None:
+    """Refuse in-place updates autograd cannot track or that would write one memory location
+    twice. exact=False (the Python wrapper, which torch.compile traces) only runs the stride
+    test; the op's kernel runs the exact one before anything is written."""
     if x.requires_grad and torch.is_grad_enabled():
         raise ValueError("langevin_step_ cannot update x in place while it requires grad (autograd does "
                          "not track the in-place op); use langevin_step, detach x, or run under torch.no_grad()")
+    if x.numel() == 0:
+        return
     if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
         raise ValueError("x is an expanded view (stride 0): its elements overlap in memory and cannot be "
                          "updated in place; pass x.contiguous() or use langevin_step")
+    if exact and _overlaps_itself(x):
+        raise ValueError(f"x is a view whose elements overlap in memory (shape {tuple(x.shape)}, strides "
+                         f"{tuple(x.stride())}) and cannot be updated in place; pass x.contiguous() or use "
+                         "langevin_step")
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether the memory spans of a and b intersect (conservative: interleaved views count)."""
+    if b is None or a.numel() == 0 or b.numel() == 0:
+        return False
+
+    def span(t):
+        start = t.data_ptr()
+        return start, start + t.element_size() * (1 + sum(st * (sz - 1) for st, sz in zip(t.stride(), t.shape)))
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -143,8 +187,11 @@ def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_we
     if not x.numel():
         return
     # Contiguous x is updated where it lies; other layouts go through a contiguous
-    # buffer so that noise element i is always the i-th element in row-major order.
-    target = x if x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    # buffer so that noise element i is always the i-th element in row-major order, and so
+    # does an x that grad or noise overlaps (e.g. x = buf[1:], grad = buf[:-1]): written in
+    # place, an element of x would change before it is read as grad.
+    direct = x.is_contiguous() and not _shares_memory(x, grad) and not _shares_memory(x, noise)
+    target = x if direct else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, grad, noise, target, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
             rng_state)
     if target is not x:
@@ -261,10 +308,12 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
     """In-place form of :func:`langevin_step` for samplers: updates x and returns it.
 
     Not tracked by autograd: x must not require grad while grad mode is on, and must
-    not be an expanded (overlapping) view.
+    not be a view whose elements overlap in memory (expanded or as_strided views;
+    ValueError). grad and noise may share memory with x: the result is then the
+    out-of-place one, written into x.
     """
     if isinstance(x, torch.Tensor):
-        _check_inplace_target(x)
+        _check_inplace_target(x, exact=False)
     torch.ops.langevin_kernels.langevin_step_(
         x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp),
         noise, rng_state)

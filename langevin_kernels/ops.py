@@ -20,6 +20,9 @@ from . import dispatch
 _U64 = 1 << 64
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _DTYPE_NAMES = "float32, float16, bfloat16, float64"
+# The smallest double that rounds to inf in float32: FLT_MAX = 2^128 - 2^104 and the
+# half-way point to 2^128 rounds to even, i.e. up.
+_F32_OVERFLOW = 2.0**128 - 2.0**103
 
 _ARGS = ("float step_size, float noise_scale, int seed, int offset, float prior_weight, "
          "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state")
@@ -48,7 +51,10 @@ def _as_float(name: str, value, *, nonnegative: bool = False) -> float:
         return value  # fast path: chains call this every step (ABC isinstance checks are slow)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int (or Fraction) beyond the float range
+        raise ValueError(f"{name}={value!r:.40} must be finite; it is beyond the float range") from None
     if not math.isfinite(value):
         raise ValueError(f"{name}={value} must be finite")
     if nonnegative and value < 0:
@@ -88,9 +94,14 @@ def _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp
     if noise is not None:
         _check_float_tensor("noise", noise, like=x)
     _check_rng_state(rng_state, x)
-    _as_float("step_size", step_size, nonnegative=True)
-    _as_float("noise_scale", noise_scale, nonnegative=True)
-    _as_float("prior_weight", prior_weight)
+    coefficients = (("step_size", _as_float("step_size", step_size, nonnegative=True)),
+                    ("noise_scale", _as_float("noise_scale", noise_scale, nonnegative=True)),
+                    ("prior_weight", _as_float("prior_weight", prior_weight)))
+    if x.dtype != torch.float64:  # float32 math: a coefficient float32 rounds to inf gives inf*0 = NaN
+        for name, value in coefficients:
+            if abs(value) >= _F32_OVERFLOW:
+                raise ValueError(f"{name}={value} does not fit float32, the math type of {x.dtype} states "
+                                 f"(|{name}| must be below 3.4028235e38); use float64 states")
     for name, bound in (("clamp lower bound", clamp_lo), ("clamp upper bound", clamp_hi)):
         if bound is not None and math.isnan(bound):
             raise ValueError(f"{name} is NaN; bounds must be numbers or None")
@@ -285,6 +296,9 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
         grad: dE/dx (E = energy = -log density + const); same shape, dtype and device as x.
         step_size: drift coefficient a >= 0 (plain Langevin with step delta: a = delta**2 / 2).
         noise_scale: standard deviation s >= 0 of the injected noise (0: gradient descent).
+            For 16/32-bit x the math is float32: |step_size|, noise_scale and |prior_weight|
+            must be below 3.4028235e38 (ValueError otherwise); the formula is evaluated as
+            written, IEEE rules included (e.g. 0 * inf = NaN).
         seed, offset: where the noise comes from (uint64 each): element i of x (row-major)
             uses the stream of :func:`philox_normal` at index i. A chain advances offset by
             ``ceil(x.numel() / 4)`` per step so that steps never share noise.

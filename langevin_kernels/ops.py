@@ -342,17 +342,18 @@ def philox_normal(n: int, *, seed: int, offset: int = 0, device="cpu", dtype=tor
     ``philox_normal(x.numel(), seed=S, offset=O).reshape(x.shape)`` as its noise
     (up to the float rounding of the backend's log/sqrt/cos).
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n={n!r} must be an int >= 0")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 <= n < 1 << 63:
+        raise ValueError(f"n={n!r} must be an int with 0 <= n < 2**63")
+    n = int(n)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype={dtype} is not supported; allowed dtypes: {_DTYPE_NAMES}")
     seed64, offset64 = _as_int64("seed", seed), _as_int64("offset", offset)
+    if rng_state is None and (offset64 % _U64) + (n + 3) // 4 > _U64:
+        raise ValueError(f"offset={offset} + ceil(n/4) passes 2**64: the noise counter would wrap")
     device = torch.device(device)
-    out = torch.empty(int(n), dtype=torch.float32, device=device)
+    out = torch.empty(n, dtype=torch.float32, device=device)
     if rng_state is not None:
         _check_rng_state(rng_state, out)
-    elif (offset64 % _U64) + (n + 3) // 4 > _U64:
-        raise ValueError(f"offset={offset} + ceil(n/4) passes 2**64: the noise counter would wrap")
     if n:
         dispatch.run_normal(dispatch.select(device), out, seed64, offset64, rng_state)
     return out.to(dtype)

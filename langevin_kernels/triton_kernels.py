@@ -114,8 +114,13 @@ def _normals_tile(groups, seed, offset, BLOCK: tl.constexpr):
 
 @triton.jit
 def _seed_offset(seed, offset, rng_ptr, HAS_RNG_STATE: tl.constexpr):
-    seed = seed.to(tl.int64)
-    offset = offset.to(tl.int64)
+    # Adding an int64 zero is free on a GPU; it matters in the interpreter (TRITON_INTERPRET=1),
+    # which keeps a scalar argument in [2^31, 2^32) as numpy uint32 although it types it int64,
+    # so .to(tl.int64) leaves the data alone and a shift then reads it as a negative int32:
+    # seeds in that range drew from the key (lo32, 0xFFFFFFFF) instead of (lo32, 0).
+    zero = tl.full([], 0, tl.int64)
+    seed = seed.to(tl.int64) + zero
+    offset = offset.to(tl.int64) + zero
     if HAS_RNG_STATE:
         seed = tl.load(rng_ptr)
         offset = offset + tl.load(rng_ptr + 1)

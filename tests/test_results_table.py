@@ -54,3 +54,15 @@ def test_report_lists_a_command_per_row(tmp_path):
     commands = [l for l in text.splitlines() if l.startswith("langevin-train ")]
     assert len(commands) == (len(R.TOY_DATASETS) + 1) * len(R.METHODS)
     assert all("--seed {seed}" in c for c in commands)
+
+
+def test_regeneration_keeps_the_hand_written_reading(tmp_path):
+    cells = R.cells(10, 5, (0,))
+    path = str(tmp_path / "RESULTS.md")
+    R.write_report(cells, str(tmp_path), path, {})
+    with open(path, "a") as f:
+        f.write("\n## Reading\n\nwritten by a person\n")
+    R.write_report(cells, str(tmp_path), path, {"toy2d-rings-dual-s0": 12.0})
+    text = open(path).read()
+    assert text.count("## Reading") == 1 and text.endswith("written by a person\n")
+    assert "slowest toy2d-rings-dual-s0: 12 s" in text

@@ -154,10 +154,28 @@ def write_report(all_cells: list[Cell], out_root: str, path: str, wall: dict[str
         lines.append("langevin-train " + " ".join(argv))
     lines += ["```", ""]
     if wall:
-        lines += [f"Sweep wall time: {sum(wall.values()) / 60:.1f} CPU-minutes of runs "
-                  f"(slowest cell {max(wall, key=wall.get)}: {max(wall.values()):.0f} s).", ""]
+        lines += [f"Run time of this sweep: {sum(wall.values()) / 60:.1f} minutes summed over cells (each cell's wall "
+                  f"time; slowest {max(wall, key=wall.get)}: {max(wall.values()):.0f} s).", ""]
+    reading = _kept_reading(path)
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + (("\n" + reading) if reading else ""))
+
+
+def _kept_reading(path: str) -> str:
+    """The hand-written interpretation (from a line '## Reading' to the end) of an existing report.
+
+    The numbers are regenerated; what they mean is written by a person and survives regeneration.
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    at = text.find(READING_HEADER)
+    return text[at:] if at >= 0 else ""
+
+
+READING_HEADER = "## Reading"
 
 
 def main(argv=None) -> int:

@@ -141,3 +141,23 @@ def test_ddp_two_processes_gloo(tmp_path):
             assert torch.equal(v, rank1["method"]["models"][model][k]), f"{model}.{k}"
     seeds = {r["method"]["chains"]["data chain"]["seed"] for r in (rank0, rank1)}
     assert len(seeds) == 2  # each rank its own noise stream
+
+
+@pytest.mark.parametrize("parity", [True, False])
+def test_bn_parity_decides_batchnorm_mode_inside_chains(parity):
+    """bn_parity=True (reference): BatchNorm in the generator sees batch statistics inside the
+    latent chain, so its running averages move; False: eval mode there, running averages untouched,
+    and the models are back in train mode for the losses."""
+    from langevin_kernels.train.config import preset
+    from langevin_kernels.train.methods import build_method
+
+    cfg = preset("cifar10", bn_parity=parity, z_steps=2, x_steps=2)
+    method = build_method(cfg, "cpu", (3, 32, 32))
+    bns = [m for m in method.models["generator"].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns, "the image generator should carry BatchNorm for this test to mean anything"
+    before = [bn.running_mean.clone() for bn in bns]
+    torch.manual_seed(0)
+    method.posterior(torch.rand(4, 3, 32, 32) * 2 - 1)
+    moved = any(not torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
+    assert moved == parity
+    assert all(m.training for m in method.models.values())

@@ -76,7 +76,8 @@ class TrainConfig:
     eval_x_steps: int = 0         # 0: the training chain settings
     eval_x_step: float = 0.0
     eval_x_noise: float = 0.0
-    bn_parity: bool = True        # generator BatchNorm stays in train mode inside chains (reference)
+    bn_parity: bool = True        # True: models stay in train mode inside chains and chain inits (reference);
+                                  # False: eval mode there (BatchNorm running statistics)
 
     def temperature(self) -> float:
         """T = (n_x / s_x)^2 of the training data chain."""

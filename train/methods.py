@@ -6,6 +6,7 @@ and ``sample(n) -> {"ebm": ..., "generator": ...}``. The Langevin updates are al
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -83,10 +84,27 @@ class Method:
         return DataChain(self.models["energy"], n_steps=n_steps, step_size=s * s / 2, noise_scale=n,
                          clamp=self.cfg.x_clamp, seed=self.chain_seed(index), track_stats=False)
 
+    @contextlib.contextmanager
+    def chain_mode(self):
+        """Inside chains, models keep train mode when cfg.bn_parity (the reference never calls
+        .eval(): BatchNorm uses batch statistics and updates its running averages); otherwise they
+        run in eval mode (running statistics, untouched) and return to train mode afterwards."""
+        if self.cfg.bn_parity:
+            yield
+            return
+        for m in self.models.values():
+            m.eval()
+        try:
+            yield
+        finally:
+            for m in self.models.values():
+                m.train()
+
     def run_chain(self, name: str, x0: torch.Tensor, *extra) -> torch.Tensor:
         """A training chain's run; non-finite chains (the chains' default on_nonfinite="raise") -> Diverged."""
         try:
-            return self.chains[name].run(x0, *extra)
+            with self.chain_mode():
+                return self.chains[name].run(x0, *extra)
         except NonFiniteChainError as err:
             idx = err.chains.tolist()
             shown = ", ".join(map(str, idx[:10])) + (", ..." if len(idx) > 10 else "")
@@ -164,7 +182,7 @@ class GeneratorInitialised(Method):
         self.chains["data chain"] = self.data_chain(c.x_steps, c.x_step, c.x_noise, 0)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), self.chain_mode():
             return self.models["generator"](z)
 
     def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:

@@ -35,12 +35,6 @@ def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
             "encoder": ConvEncoder(cfg.latent_dim, cfg.image_size)}
 
 
-def check_finite(what: str, tensor: torch.Tensor) -> None:
-    """Raise Diverged naming ``what`` when any entry is NaN or inf."""
-    if not bool(torch.isfinite(tensor).all()):
-        raise Diverged(f"{what} produced non-finite values")
-
-
 def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-example sum of squared errors [B] (sums over pixels/coordinates)."""
     return (a - b).pow(2).flatten(1).sum(1)

@@ -31,3 +31,13 @@ def cpu_backend(request):
     if reason:
         pytest.skip(f"backend {request.param}: {reason}")
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the CPU is shared, and float reductions then give
+    run-to-run identical results (the training tests compare losses exactly)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,12 +11,7 @@ from langevin_kernels.train.config import METHODS, preset
 from langevin_kernels.train.trainer import CHECKPOINT, Trainer, TrainingDiverged
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; also makes float reductions run-to-run identical
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(config, method, **over):

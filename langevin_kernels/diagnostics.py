@@ -35,7 +35,8 @@ Computation, per dimension, on an array of M chains x N draws:
   the variance (divisor M - 1) of the chain means, ``rho(t) = 1 - (W - mean_m acov_m(t)) / var+``.
   Pair sums ``P_k = rho(2k) + rho(2k + 1)`` are summed while positive, made non-increasing
   (running minimum), and ``tau = -1 + 2 * sum_{k<K} P_k + rho(2K)``, floored at
-  ``1 / log10(M N)``; ESS = ``M N / tau``. Constant draws give ESS = M N; NaN draws give NaN.
+  ``1 / log10(M N)``; ESS = ``M N / tau``. Constant draws give ESS = M N (and R-hat NaN,
+  0/0, as in ArviZ); a dimension with a NaN draw gives NaN.
 * R-hat: ``sqrt(((N - 1) / N * W + B_n / N) / W)`` over split chains, with ``B_n = N * var(chain
   means)`` and ``W`` the mean within-chain variance (divisor N - 1).
 """
@@ -342,10 +343,14 @@ def _check_chunk_size(chunk_size) -> None:
 
 
 def _by_chunks(fn, values: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    """fn over [D, M, N] -> [..., D], applied to slices of at most chunk_size dimensions."""
+    """fn over [D, M, N] -> [..., D], applied to slices of at most chunk_size dimensions;
+    NaN wherever a dimension has a NaN draw (a rank or a quantile of NaN means nothing)."""
     if chunk_size is None or chunk_size >= values.shape[0]:
-        return fn(values)
-    return torch.cat([fn(part) for part in values.split(chunk_size, dim=0)], dim=-1)
+        result = fn(values)
+    else:
+        result = torch.cat([fn(part) for part in values.split(chunk_size, dim=0)], dim=-1)
+    has_nan = torch.isnan(values).flatten(1).any(dim=-1)
+    return torch.where(has_nan, torch.full_like(result, math.nan), result)
 
 
 # --------------------------------------------------------------------------------------------

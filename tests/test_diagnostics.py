@@ -387,6 +387,23 @@ def test_bad_input_names_the_argument(call, error, message):
 
 
 # --------------------------------------------------------------------------------------------
+# no host reads: meta tensors carry no data, so any .item(), bool(tensor), nonzero() or
+# data-dependent shape inside the call raises; on CUDA that is what would force a sync
+# --------------------------------------------------------------------------------------------
+def test_runs_on_data_free_meta_tensors():
+    x = torch.empty(101, 4, 3, 2, device="meta")
+    accepted = torch.empty(100, 4, dtype=torch.bool, device="meta")
+    report = chain_diagnostics(x, accepted, chunk_size=4)
+    assert {name: (tuple(v.shape), v.device.type) for name, v in report.items()} == {
+        "ess_bulk": ((3, 2), "meta"), "ess_tail": ((3, 2), "meta"), "ess_mean": ((3, 2), "meta"),
+        "rhat": ((3, 2), "meta"), "acceptance": ((4,), "meta")}
+    streaming = StreamingDiagnostics(n_draws=5)
+    for _ in range(5):
+        streaming.update(x[0], accepted=accepted[0])
+    assert streaming.rhat().shape == (3, 2) and streaming.acceptance().shape == (4,)
+
+
+# --------------------------------------------------------------------------------------------
 # GPU: same numbers, and no host synchronisation inside the call
 # --------------------------------------------------------------------------------------------
 @pytest.mark.gpu

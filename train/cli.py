@@ -5,19 +5,23 @@
     langevin-train --config cifar10 --data-root /data/cifar --out runs/cifar   # reference settings
     torchrun --nproc-per-node 2 -m langevin_kernels.train --config toy2d ...  # DDP (gloo on CPU)
 
-Exit status: 0 done, 2 bad arguments, missing or malformed data or an unusable checkpoint (the message
-names the file and what to do), 3 training diverged (last good checkpoint kept).
+A non-empty --out is refused unless --resume (continue the run there) or --overwrite (delete it and
+start over) says what to do with it; a run directory is locked while a run uses it.
+
+Exit status: 0 done, 2 bad arguments (an unusable --out included), missing or malformed data or an
+unusable checkpoint (the message names the file and what to do), 3 training diverged.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 
 import torch
 
 from .config import METHODS, PRESETS, preset
 from .data import DataRootError, TOY_DATASETS
+from .rundir import claim_run_directory, remove_run_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.json, PNGs, checkpoint.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); under torchrun the rank's GPU")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out (checkpoint, metrics, plots) and start over")
     p.add_argument("--data-root", default=None, help="local folder of an image data set")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the image data set")
     p.add_argument("--batch-size", type=int, default=None)
@@ -50,24 +56,51 @@ def config_from_args(args):
                   ckpt_every=args.ckpt_every, n_eval=args.n_eval)
 
 
+def _check_ranks_resumed_together(trainer) -> None:
+    """Under DDP every rank must continue from the same iteration (each has its own checkpoint file)."""
+    from .distributed import all_values
+    from .trainer import CheckpointError
+
+    iterations = all_values(trainer.iteration)
+    if len(set(iterations)) > 1:
+        err = CheckpointError(f"the ranks' checkpoints are at different iterations ({iterations}, rank by rank); "
+                              f"they cannot be resumed together. Start over with --overwrite")
+        err.agreed = True  # every rank sees the same list and raises the same error
+        raise err
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .distributed import distributed_context
+    from .distributed import distributed_context, on_all_ranks
     from .trainer import Trainer, TrainingDiverged
 
     try:
         cfg = config_from_args(args)
-        with distributed_context(cfg) as (rank, world, wrap):
-            trainer = Trainer(cfg, args.out, data_root=args.data_root, download=args.download,
-                              progress=not args.no_progress, rank=rank, world_size=world, wrap=wrap)
-            if args.resume and not trainer.resume():
-                print(f"--resume: no checkpoint in {args.out}; starting from scratch", file=sys.stderr)
+        with distributed_context(cfg) as (rank, world, wrap), contextlib.ExitStack() as held:
+            if rank == 0:  # one lock per run directory, held by rank 0 until the run ends
+                held.enter_context(on_all_ranks(lambda: claim_run_directory(
+                    args.out, resume=args.resume, overwrite=args.overwrite)))
+            else:
+                on_all_ranks(lambda: None)  # rank 0's verdict on --out, shared
+
+            def start():
+                trainer = Trainer(cfg, args.out, data_root=args.data_root, download=args.download,
+                                  progress=not args.no_progress, rank=rank, world_size=world, wrap=wrap)
+                return trainer, args.resume and trainer.resume()
+
+            trainer, resumed = on_all_ranks(start)
+            _check_ranks_resumed_together(trainer)
+            if args.resume and not resumed and rank == 0:
+                removed = remove_run_outputs(args.out)
+                print(f"--resume: no checkpoint in {args.out}; starting from scratch"
+                      + (f" (removed the earlier attempt's {', '.join(removed)})" if removed else ""),
+                      file=sys.stderr)
             history = trainer.train()
     except (ValueError, DataRootError, ImportError) as err:
-        # Bad settings, missing or malformed data, an unusable checkpoint (CheckpointError), a missing
-        # optional dependency: one line naming the cause, no traceback.
+        # Bad settings or --out, missing or malformed data, an unusable checkpoint (CheckpointError), a
+        # missing optional dependency: one line naming the cause, no traceback.
         print(f"langevin-train: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

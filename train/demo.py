@@ -26,13 +26,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .config import preset
+    from .rundir import claim_run_directory
     from .trainer import Trainer
 
     cfg = preset("toy2d", dataset="8gaussians", method="dual", iters=args.iters, seed=args.seed,
                  eval_every=max(1, args.iters // 3), ckpt_every=args.iters, n_eval=2000)
     start = time.time()
-    trainer = Trainer(cfg, args.out, progress=not args.no_progress)
-    history = trainer.train()
+    # The demo always starts over: its previous outputs (not other files) are replaced.
+    with claim_run_directory(args.out, overwrite=True):
+        trainer = Trainer(cfg, args.out, progress=not args.no_progress)
+        history = trainer.train()
     final = {k: v for k, v in history[-1].items() if k != "losses"}
     final["wall_seconds"] = round(time.time() - start, 1)
     print(json.dumps(final, indent=2))

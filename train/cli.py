@@ -9,7 +9,8 @@ A non-empty --out is refused unless --resume (continue the run there) or --overw
 start over) says what to do with it; a run directory is locked while a run uses it.
 
 Exit status: 0 done, 2 bad arguments (an unusable --out included), missing or malformed data or an
-unusable checkpoint (the message names the file and what to do), 3 training diverged.
+unusable checkpoint (the message names the file and what to do), 3 training diverged, 130 / 143
+interrupted by SIGINT (Ctrl-C) / SIGTERM: the last completed iteration is saved; continue with --resume.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from .distributed import distributed_context, on_all_ranks
-    from .trainer import Trainer, TrainingDiverged
+    from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
     try:
         cfg = config_from_args(args)
@@ -106,6 +107,13 @@ def main(argv=None) -> int:
     except TrainingDiverged as err:
         print(f"langevin-train: {err}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as err:  # a checkpoint of the last completed iteration was saved
+        if rank == 0:  # under DDP every rank stopped at the same iteration; one line says so
+            print(f"langevin-train: {err}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new saved
+        print("langevin-train: interrupted; nothing saved beyond the last checkpoint", file=sys.stderr)
+        return 130
     if rank == 0 and history:
         final = {k: v for k, v in history[-1].items() if k != "losses"}
         print(f"done: {args.out}/metrics.json  {final}")

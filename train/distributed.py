@@ -30,14 +30,20 @@ def _flag_device() -> torch.device:
     return torch.device("cpu")
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on at least one (a MAX all-reduce); every rank must
-    call it at the same point. Without a process group: ``flag``."""
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' ``value`` (a MAX all-reduce of one int), the same on every rank;
+    every rank must call it at the same point. Without a process group: ``value``."""
     if not is_distributed():
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_flag_device())
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=_flag_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one; every rank must call it at the
+    same point. Without a process group: ``flag``."""
+    return bool(max_over_ranks(1 if flag else 0))
 
 
 def all_values(value) -> list:

@@ -16,6 +16,7 @@ import torch
 
 from .config import TrainConfig
 from .data import TOY_DATASETS, check_image_root, load_digits_split, load_image_dataset, toy_dataset
+from .distributed import max_over_ranks
 from .methods import Diverged, Method, build_method
 from . import metrics as M
 
@@ -25,6 +26,62 @@ EVAL_SEED = 12345  # evaluation chains and noise use fixed seeds: metrics do not
 
 class TrainingDiverged(RuntimeError):
     """Raised when a loss or chain diverges; the last good checkpoint is left in place."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a completed iteration, whose checkpoint was saved.
+
+    ``exit_status`` is the shell convention 128 + signal number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    agreed = True  # under DDP every rank raises it at the same iteration (distributed_context)
+
+    def __init__(self, iteration: int, signum: int, checkpoint: str):
+        self.iteration, self.signum, self.checkpoint = iteration, signum, checkpoint
+        self.exit_status = 128 + signum
+        super().__init__(f"interrupted at iteration {iteration}; continue with --resume "
+                         f"(checkpoint {checkpoint} saved)")
+
+
+class _StopSignals:
+    """While active, the first SIGINT/SIGTERM only records itself: the loop finishes the iteration,
+    saves a checkpoint and stops. The handler then reverts to the default, so a second signal stops
+    the process at once (nothing saved beyond the last checkpoint). Previous handlers are restored
+    on exit. Only the main thread can own signal handlers; elsewhere this does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, announce: bool):
+        self.signum = 0
+        self.announce = announce
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+        import sys
+
+        self.signum = self.signum or signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: finishing this iteration and saving a checkpoint "
+                  "(send it again to stop at once, without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -451,20 +508,33 @@ class Trainer:
         return entry
 
     def train(self) -> list[dict]:
-        """Run to cfg.iters; evaluate/checkpoint every eval_every/ckpt_every and at the end."""
-        if self.rank == 0:
-            _write_json(self.cfg.to_dict(), os.path.join(self.out_dir, "config.json"))
-        bar = _progress(self.cfg.iters, self.iteration, self.progress)
-        while self.iteration < self.cfg.iters:
-            self.last_losses = self.step()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in self.last_losses.items() if k.startswith("loss")})
-            last = self.iteration == self.cfg.iters
-            if self.rank == 0 and (self.iteration % self.cfg.eval_every == 0 or last):
-                self.evaluate()
-            if self.iteration % self.cfg.ckpt_every == 0 or last:
-                self.save()
-        bar.close()
+        """Run to cfg.iters; evaluate/checkpoint every eval_every/ckpt_every and at the end.
+
+        SIGINT / SIGTERM: the current iteration (and its due evaluation) completes, a checkpoint is
+        saved and TrainingInterrupted is raised; under DDP every rank stops at the same iteration.
+        """
+        with _StopSignals(announce=self.rank == 0) as signals:
+            if self.rank == 0:
+                _write_json(self.cfg.to_dict(), os.path.join(self.out_dir, "config.json"))
+            bar = _progress(self.cfg.iters, self.iteration, self.progress)
+            try:
+                while self.iteration < self.cfg.iters:
+                    self.last_losses = self.step()
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in self.last_losses.items() if k.startswith("loss")})
+                    last = self.iteration == self.cfg.iters
+                    if self.rank == 0 and (self.iteration % self.cfg.eval_every == 0 or last):
+                        self.evaluate()
+                    saved = self.iteration % self.cfg.ckpt_every == 0 or last
+                    if saved:
+                        self.save()
+                    signum = max_over_ranks(signals.signum)  # every rank stops at the same iteration
+                    if signum:
+                        if not saved:
+                            self.save()
+                        raise TrainingInterrupted(self.iteration, signum, self.checkpoint_path)
+            finally:
+                bar.close()
         return self.history
 
 

@@ -75,3 +75,64 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     a, b = _params(resumed), _params(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["method"]["chains"] == ref["method"]["chains"]  # noise offsets
+
+
+# ----------------------------------------------------------------------------- loading never runs code
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a malicious "checkpoint" would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _booby_trapped(path, marker):
+    from langevin_kernels.train.config import preset
+    from langevin_kernels.train.trainer import Trainer
+
+    state = Trainer(preset("toy2d", iters=2, batch_size=16, n_eval=64), str(path.parent), progress=False).state_dict()
+    state["history"] = [{"iteration": 0, "note": _RunsCode(marker)}]
+    torch.save(state, path)
+
+
+def test_checkpoint_carrying_code_is_refused(tmp_path, capsys):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    _booby_trapped(out / CHECKPOINT, marker)
+    code = cli_main(["--config", "toy2d", "--iters", "2", "--batch-size", "16", "--n-eval", "64", "--no-progress",
+                     "--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert not marker.exists(), "loading the checkpoint ran its code"
+    assert code == 2 and "Traceback" not in err
+    assert f"checkpoint {out / CHECKPOINT} refused" in err and "system" in err and "run code" in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_trainer_checkpoints_load_weights_only(tmp_path):
+    """What the trainer saves (every method, with an evaluation in the history) passes the
+    weights-only unpickler with no extra allow-listed globals."""
+    from langevin_kernels.train.config import METHODS, preset
+    from langevin_kernels.train.trainer import Trainer
+
+    for method in METHODS:
+        cfg = preset("toy2d", method=method, iters=1, batch_size=16, n_eval=64, grid_n=20, buffer_size=32,
+                     x_steps=2, z_steps=2, sr_steps=2, pcd_steps=2)
+        Trainer(cfg, str(tmp_path / method), progress=False).train()
+        state = torch.load(tmp_path / method / CHECKPOINT, weights_only=True)
+        assert state["iteration"] == 1 and state["history"][-1]["iteration"] == 1, method
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    import numpy as np
+
+    from langevin_kernels.train.config import preset
+    from langevin_kernels.train.trainer import Trainer
+
+    trainer = Trainer(preset("toy2d", iters=2, batch_size=16, n_eval=64), str(tmp_path), progress=False)
+    trainer.history.append({"iteration": 0, "grid_kl": np.float64(0.5)})
+    with pytest.raises(TypeError, match=r"checkpoint\['history'\]\[0\]\['grid_kl'\] is a numpy.float64"):
+        trainer.save()
+    assert not (tmp_path / CHECKPOINT).exists()

@@ -5,10 +5,12 @@ checkpoint.pt (written atomically: temp file + os.replace) and PNGs.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -371,14 +373,56 @@ def _fix_hint(path: str) -> str:
             f"another --out.")
 
 
+#: What a checkpoint may hold: exactly what ``torch.load(weights_only=True)`` admits without extra
+#: allow-listed globals. The trainer saves nothing else (``check_plain`` enforces it on save), so a
+#: file that needs any other Python object to load was not written by langevin-train.
+PLAIN_TYPES = (dict, collections.OrderedDict, list, tuple, str, int, float, bool, type(None))  # + tensors
+
+
+def check_plain(obj, where: str = "checkpoint") -> None:
+    """TypeError naming the first value (by its key path) that is not a tensor or of a PLAIN_TYPES type
+    (exactly: numpy.float64 subclasses float but pickles as a numpy object)."""
+    if isinstance(obj, torch.Tensor):
+        return
+    if type(obj) not in PLAIN_TYPES:
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint holds only "
+                        "tensors, numbers, strings, None, lists, tuples and dicts (what torch.load(weights_only="
+                        "True) reads), so convert it (e.g. numpy scalars with .item())")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            check_plain(key, f"{where} key")
+            check_plain(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The informative line of a torch.load failure (the weights-only message starts with boilerplate)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return (useful or lines or [""])[0][:200]
+
+
 def load_checkpoint(path: str, map_location=None) -> dict:
-    """torch.load a trainer checkpoint; CheckpointError naming the file when it is not one."""
+    """torch.load a trainer checkpoint safely (weights_only=True: tensors and plain data, never code).
+
+    CheckpointError naming the file when it is not a checkpoint, and when it holds other Python
+    objects: unpickling those can run code chosen by whoever wrote the file, so it is refused.
+    """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, foreign pickle ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = _unpickling_reason(err)
+        code = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if code:
+            raise CheckpointError(
+                f"checkpoint {path} refused: it holds the Python object {code.group(1)}, and loading that could "
+                f"run code chosen by whoever wrote the file (langevin-train checkpoints hold only tensors and "
+                f"plain data). Nothing from it was executed. {_fix_hint(path)}") from None
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {reason[:200]}); it is truncated, "
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {reason}); it is truncated, "
             f"corrupt or not written by langevin-train. {_fix_hint(path)}") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training checkpoint "
@@ -441,7 +485,9 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
 
     def save(self) -> None:
-        atomic_save(self.state_dict(), self.checkpoint_path)
+        state = self.state_dict()
+        check_plain(state)  # what load_checkpoint's weights-only unpickler will accept
+        atomic_save(state, self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load the run's checkpoint if there is one; True when resumed.
@@ -500,7 +546,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         start = time.time()
-        entry = {"iteration": self.iteration, **self.evaluator.evaluate(self.method, self.iteration)}
+        entry = {"iteration": self.iteration, **_plain_numbers(self.evaluator.evaluate(self.method, self.iteration))}
         entry["eval_seconds"] = round(time.time() - start, 2)
         entry["losses"] = self.last_losses
         self.history.append(entry)
@@ -536,6 +582,11 @@ class Trainer:
             finally:
                 bar.close()
         return self.history
+
+
+def _plain_numbers(metrics: dict) -> dict:
+    """numpy scalars -> Python numbers (JSON and weights-only checkpoints hold plain data only)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in metrics.items()}
 
 
 class _NoBar:

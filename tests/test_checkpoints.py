@@ -136,3 +136,37 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['history'\]\[0\]\['grid_kl'\] is a numpy.float64"):
         trainer.save()
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+# ----------------------------------------------------------------------------- divergence message
+
+def _diverging(**over):
+    from langevin_kernels.train.config import preset
+
+    # A divergence threshold of 0 makes the first energy update "diverge" (test-only setting).
+    return preset("toy2d", iters=4, batch_size=16, n_eval=64, x_steps=2, z_steps=2, max_energy_loss=0.0, **over)
+
+
+def test_divergence_before_any_checkpoint_says_nothing_was_saved(tmp_path):
+    from langevin_kernels.train.trainer import Trainer, TrainingDiverged
+
+    trainer = Trainer(_diverging(ckpt_every=3), str(tmp_path), progress=False)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.train()
+    msg = str(info.value)
+    assert "iteration 1" in msg and "No checkpoint of this run exists yet" in msg and "due at iteration 3" in msg
+    assert "kept" not in msg
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_divergence_after_a_checkpoint_names_its_iteration(tmp_path):
+    from langevin_kernels.train.config import preset
+    from langevin_kernels.train.trainer import Trainer, TrainingDiverged
+
+    Trainer(preset("toy2d", iters=2, batch_size=16, n_eval=64, x_steps=2, z_steps=2, ckpt_every=1),
+            str(tmp_path), progress=False).train()
+    trainer = Trainer(_diverging(ckpt_every=1), str(tmp_path), progress=False)
+    assert trainer.resume()
+    with pytest.raises(TrainingDiverged, match=rf"iteration 3: .*checkpoint, of iteration 2 \({re.escape(str(tmp_path / CHECKPOINT))}\), was kept"):
+        trainer.train()
+    assert load_checkpoint(str(tmp_path / CHECKPOINT))["iteration"] == 2

@@ -472,6 +472,7 @@ class Trainer:
         self.method = build_method(cfg, self.device, self.source.shape, rank, wrap)
         self.evaluator = Evaluator(cfg, out_dir, self.device) if rank == 0 else None
         self.iteration = 0
+        self.saved_iteration: int | None = None  # iteration of the checkpoint this run wrote or resumed
         self.history: list[dict] = []
         self.last_losses: dict = {}
 
@@ -488,6 +489,7 @@ class Trainer:
         state = self.state_dict()
         check_plain(state)  # what load_checkpoint's weights-only unpickler will accept
         atomic_save(state, self.checkpoint_path)
+        self.saved_iteration = self.iteration
 
     def resume(self) -> bool:
         """Load the run's checkpoint if there is one; True when resumed.
@@ -515,6 +517,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
             self.iteration, self.history = int(state["iteration"]), list(state["history"])
+            self.saved_iteration = self.iteration
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this run's models or data "
                                   f"({type(err).__name__}: {str(err).strip()[:300]}). {_fix_hint(path)}") from err
@@ -534,15 +537,23 @@ class Trainer:
         try:
             losses = self.method.train_step(x)
         except Diverged as err:
-            raise TrainingDiverged(
-                f"training diverged at iteration {self.iteration + 1}: {err}. The last good checkpoint "
-                f"({self.checkpoint_path}) was kept.") from err
+            raise TrainingDiverged(f"training diverged at iteration {self.iteration + 1}: {err}. "
+                                   f"{self._what_is_saved()}") from err
         self.iteration += 1
         epoch = self._epoch_size()
         if self.cfg.lr_decay != 1.0 and epoch and self.iteration % epoch == 0:
             for sched in self.method.schedulers.values():
                 sched.step()
         return losses
+
+    def _what_is_saved(self) -> str:
+        """What a diverged run leaves on disk, as it is."""
+        if self.saved_iteration is not None:
+            return (f"The last good checkpoint, of iteration {self.saved_iteration} ({self.checkpoint_path}), "
+                    "was kept.")
+        first = min(self.cfg.ckpt_every, self.cfg.iters)
+        return (f"No checkpoint of this run exists yet (the first was due at iteration {first}), so nothing "
+                "was saved; there is nothing to resume.")
 
     def evaluate(self) -> dict:
         start = time.time()

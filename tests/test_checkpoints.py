@@ -144,7 +144,7 @@ def _diverging(**over):
     from langevin_kernels.train.config import preset
 
     # A divergence threshold of 0 makes the first energy update "diverge" (test-only setting).
-    return preset("toy2d", iters=4, batch_size=16, n_eval=64, x_steps=2, z_steps=2, max_energy_loss=0.0, **over)
+    return preset("toy2d", iters=4, batch_size=16, n_eval=64, x_steps=2, z_steps=2, max_energy_gap=0.0, **over)
 
 
 def test_divergence_before_any_checkpoint_says_nothing_was_saved(tmp_path):

@@ -59,8 +59,8 @@ def test_resume_equals_uninterrupted(tmp_path, method):
 def test_divergence_stops_and_keeps_last_checkpoint(tmp_path):
     Trainer(_small("toy2d", "dual", iters=2, ckpt_every=1), str(tmp_path), progress=False).train()
     before = torch.load(tmp_path / CHECKPOINT, weights_only=False)
-    # A threshold no contrast can stay under forces the divergence path at the next iteration.
-    trainer = Trainer(_small("toy2d", "dual", iters=4, ckpt_every=1, max_energy_loss=0.0), str(tmp_path),
+    # A threshold no energy gap can stay under forces the divergence path at the next iteration.
+    trainer = Trainer(_small("toy2d", "dual", iters=4, ckpt_every=1, max_energy_gap=0.0), str(tmp_path),
                       progress=False)
     trainer.resume()
     with pytest.raises(TrainingDiverged, match=r"iteration 3: energy loss L_E=.*data chain.*kept"):

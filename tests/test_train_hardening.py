@@ -223,7 +223,7 @@ def test_unknown_config_keys():
     ("z_noise", -1.0, "> 0"), ("sr_step", 0.0, "> 0"), ("sr_noise", 0.0, "> 0"), ("lr_energy", -1e-3, "> 0"),
     ("lr_generator", float("inf"), "> 0"), ("sigma", 0.0, "> 0"), ("seed", -1, "0 <= seed"),
     ("lr_decay", 1.5, "0 < lr_decay <= 1"), ("reinit_prob", 2.0, "0 <= reinit_prob <= 1"),
-    ("teach_weight", -1.0, ">= 0"), ("data_noise", -0.1, ">= 0"), ("max_energy_loss", -1.0, ">= 0"),
+    ("teach_weight", -1.0, ">= 0"), ("data_noise", -0.1, ">= 0"), ("max_energy_gap", -1.0, ">= 0"),
     ("betas", (1.0, 0.9), "two numbers in"), ("x_clamp", (1.0, -1.0), "low < high"),
     ("init_low", 5.0, "init_low < init_high"), ("iters", 2.5, "an integer"), ("iters", "10", "an integer"),
     ("x_step", "0.1", "a number"), ("dataset", "moons", "'8gaussians'"), ("device", "gpu", "'cuda:N'"),

@@ -48,7 +48,8 @@ class TrainConfig:
     infer_teach_weight: float = 0.1
     energy_reg: float = 0.1       # weight of mean(E_data^2 + E_neg^2), same for every method
     kl_weight: float = 2.0        # vaebm-teach ELBO
-    max_energy_loss: float = 1e4  # |L_E| beyond this is divergence
+    max_energy_gap: float = 1e4   # |mean E(data) - mean E(samples)| beyond this is divergence (energy
+                                  # units, before the loss's 1/T: the same meaning for every preset)
     # optimisers
     lr_energy: float = 1e-3
     lr_generator: float = 1e-3
@@ -88,6 +89,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = _renamed_keys(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -140,8 +142,8 @@ class TrainConfig:
             value = getattr(c, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number >= 0")
-        if not c.max_energy_loss >= 0:  # inf allowed (never abort on size), 0 aborts at once
-            raise ValueError(f"max_energy_loss={c.max_energy_loss!r} is out of range; allowed: a number >= 0")
+        if not c.max_energy_gap >= 0:  # inf allowed (never abort on size), 0 aborts at once
+            raise ValueError(f"max_energy_gap={c.max_energy_gap!r} is out of range; allowed: a number >= 0")
         if not 0 < c.lr_decay <= 1:
             raise ValueError(f"lr_decay={c.lr_decay!r} is out of range; allowed: 0 < lr_decay <= 1")
         if not 0 <= c.reinit_prob <= 1:
@@ -160,6 +162,30 @@ class TrainConfig:
                              "method 'persistent' draws a batch of distinct buffer states: allowed "
                              "buffer_size >= batch_size")
         return self
+
+
+#: Keys renamed since configs were first saved: old name -> new name. max_energy_loss compared the
+#: temperature-scaled contrast [mean E(data) - mean E(samples)] / T, which at the image presets'
+#: T ~ 1e-5 called a raw energy gap of 0.04 a divergence; max_energy_gap compares the raw gap.
+RENAMED_KEYS = {"max_energy_loss": "max_energy_gap"}
+
+
+def _renamed_keys(d: dict) -> dict:
+    """d with renamed keys under their new names (DeprecationWarning); both names at once: ValueError."""
+    old = [k for k in RENAMED_KEYS if k in d]
+    if not old:
+        return d
+    import warnings
+
+    d = dict(d)
+    for key in old:
+        new = RENAMED_KEYS[key]
+        if new in d:
+            raise ValueError(f"{key} and {new} were both given; {key} is the old name of {new}: pass only {new}")
+        warnings.warn(f"config key {key!r} is now {new!r} (divergence is judged on the raw energy gap, "
+                      "not on the gap divided by the temperature)", DeprecationWarning, stacklevel=3)
+        d[new] = d.pop(key)
+    return d
 
 
 def _check_type(name: str, value, annotation: str) -> None:
@@ -237,7 +263,7 @@ def preset(name: str, **overrides) -> TrainConfig:
     """The named preset with keyword overrides (None values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"config={name!r} is unknown; allowed: {', '.join(PRESETS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = _renamed_keys({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:

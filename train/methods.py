@@ -17,10 +17,23 @@ from langevin_kernels.chains import DataChain, LatentChain, NonFiniteChainError
 from ..models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
                       GeneratorMLP, ResNetEnergy, SNGANGenerator, gaussian_nll, reparameterize)
 from .config import TrainConfig
+from .distributed import gather_messages, is_distributed
 
 
 class Diverged(RuntimeError):
-    """A loss or chain went non-finite or exploded; the trainer adds the iteration."""
+    """A loss or chain went non-finite or exploded; the trainer adds the iteration.
+
+    Under DDP it is raised on every rank at the same check point (``Method.agree``), so no rank
+    is left waiting in a gradient all-reduce for one that stopped."""
+
+
+def data_shape(cfg: TrainConfig) -> tuple[int, ...]:
+    """The shape of one data point the config's models take: (2,), (1, 8, 8) or (3, S, S)."""
+    if cfg.config == "toy2d":
+        return (2,)
+    if cfg.config == "digits":
+        return (1, 8, 8)
+    return (3, cfg.image_size, cfg.image_size)
 
 
 def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
@@ -50,8 +63,16 @@ class Method:
 
     uses = ("energy",)
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, wrap=None):
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, wrap=None, *,
+                 sample_shape=None):
+        """sample_shape: one data point's shape, as the data source reports it; None takes the
+        config's (``data_shape``). A shape the config's models cannot take is a ValueError."""
         self.cfg, self.device, self.rank = cfg, device, rank
+        expected = data_shape(cfg)
+        if sample_shape is not None and tuple(sample_shape) != expected:
+            raise ValueError(f"sample_shape={tuple(sample_shape)} does not fit config={cfg.config!r}, whose models "
+                             f"take data points of shape {expected}")
+        self.sample_shape = expected
         all_models = build_models(cfg)
         self.models = {k: all_models[k].to(device) for k in self.uses}
         wrap = wrap or (lambda m: m)
@@ -96,14 +117,32 @@ class Method:
 
     def run_chain(self, name: str, x0: torch.Tensor, *extra) -> torch.Tensor:
         """A training chain's run; non-finite chains (the chains' default on_nonfinite="raise") -> Diverged."""
+        problem, x = None, None
         try:
             with self.chain_mode():
-                return self.chains[name].run(x0, *extra)
+                x = self.chains[name].run(x0, *extra)
         except NonFiniteChainError as err:
             idx = err.chains.tolist()
             shown = ", ".join(map(str, idx[:10])) + (", ..." if len(idx) > 10 else "")
-            raise Diverged(f"the {name} produced non-finite values (chain '{name}': {len(idx)} of "
-                           f"{err.n_chains} chains, indices [{shown}])") from err
+            problem = (f"the {name} produced non-finite values (chain '{name}': {len(idx)} of "
+                       f"{err.n_chains} chains, indices [{shown}])")
+        self.agree(problem)
+        return x
+
+    def agree(self, problem: str | None) -> None:
+        """A divergence check point: raise Diverged if ``problem`` (or, under DDP, any rank's) is set.
+
+        Every rank passes every check point in the same order (None when all is well), so under DDP
+        all ranks raise together, naming the ranks that diverged, instead of one rank stopping while
+        the others wait for it in the next gradient all-reduce.
+        """
+        if not is_distributed():
+            if problem is not None:
+                raise Diverged(problem)
+            return
+        problems = gather_messages(problem)
+        if problems:
+            raise Diverged("; ".join(f"on rank {r}: {m}" for r, m in problems))
 
     # --- shared losses ----------------------------------------------------------------------
 
@@ -115,16 +154,30 @@ class Method:
         return self.cfg.init_low + (self.cfg.init_high - self.cfg.init_low) * u
 
     def energy_update(self, x_data: torch.Tensor, x_neg: torch.Tensor, chain: str) -> dict[str, float]:
-        """L_E = [mean E(data) - mean E(neg)] / T + reg * mean(E_data^2 + E_neg^2); one Adam step."""
+        """L_E = [mean E(data) - mean E(neg)] / T + reg * mean(E_data^2 + E_neg^2); one Adam step.
+
+        Divergence: L_E not finite, or the raw energy gap |mean E(data) - mean E(neg)| above
+        cfg.max_energy_gap. The gap is judged before the 1/T of the loss: at the image presets'
+        T ~ 1e-5 a healthy gap of 0.04 is a contrast of 1e4, which says nothing about divergence.
+        """
         energies = self.wrapped["energy"](torch.cat([x_data, x_neg.detach()]))
         e_data, e_neg = energies[: len(x_data)], energies[len(x_data):]
-        contrast = (e_data.mean() - e_neg.mean()) / self.temperature
-        loss = contrast + self.cfg.energy_reg * (e_data.pow(2) + e_neg.pow(2)).mean()
-        value = float(loss.detach())
-        if not math.isfinite(value) or abs(float(contrast.detach())) > self.cfg.max_energy_loss:
-            raise Diverged(f"energy loss L_E={value:.4g} (contrast {float(contrast.detach()):.4g}) on samples of the {chain}")
+        gap = e_data.mean() - e_neg.mean()
+        loss = gap / self.temperature + self.cfg.energy_reg * (e_data.pow(2) + e_neg.pow(2)).mean()
+        value, gap_value = float(loss.detach()), float(gap.detach())
+        problem = None
+        if not math.isfinite(value) or abs(gap_value) > self.cfg.max_energy_gap:
+            problem = (f"energy loss L_E={value:.4g} (energy gap mean E(data) - mean E(samples)={gap_value:.4g}, "
+                       f"max_energy_gap={self.cfg.max_energy_gap:.4g}) on samples of the {chain}")
+        self.agree(problem)
         self._step("energy", loss)
         return {"loss_E": value, "E_data": float(e_data.detach().mean()), "E_neg": float(e_neg.detach().mean())}
+
+    def check_finite(self, losses: dict[str, torch.Tensor], where: str) -> None:
+        """Divergence check point for generator / encoder losses: the first non-finite one is named."""
+        problem = next((f"{name}={float(v.detach()):.4g} on samples of the {where}"
+                        for name, v in losses.items() if not torch.isfinite(v)), None)
+        self.agree(problem)
 
     def _step(self, *names_and_loss) -> None:
         *names, loss = names_and_loss
@@ -217,9 +270,7 @@ class DualMCMC(GeneratorInitialised):
         mu, logvar = self.wrapped["encoder"](torch.cat([x, x_revised]))
         nll = gaussian_nll(torch.cat([z_post, z]), mu, logvar)
         loss_i = nll[:b].mean() + c.infer_teach_weight * nll[b:].mean()
-        for name, value in (("generator loss L_G", loss_g), ("encoder loss L_I", loss_i)):
-            if not torch.isfinite(value):
-                raise Diverged(f"{name}={float(value.detach()):.4g} on samples of the data chain / latent chain")
+        self.check_finite({"generator loss L_G": loss_g, "encoder loss L_I": loss_i}, "data chain / latent chain")
         self._step("generator", loss_g)
         self._step("encoder", loss_i)
         # EBM: a fresh data chain from the updated generator, same z.
@@ -248,8 +299,7 @@ class Cooperative(GeneratorInitialised):
         x_revised = self.run_chain("data chain", self.generate(z))
         losses = self.energy_update(x, x_revised, "data chain")
         loss_g = _sse(self.wrapped["generator"](z), x_revised).mean()
-        if not torch.isfinite(loss_g):
-            raise Diverged(f"generator loss L_G={float(loss_g.detach()):.4g} on samples of the data chain")
+        self.check_finite({"generator loss L_G": loss_g}, "data chain")
         self._step("generator", loss_g)
         return {**losses, "loss_G": float(loss_g.detach())}
 
@@ -269,8 +319,7 @@ class VAEBMTeach(GeneratorInitialised):
         recon = _sse(self.wrapped["generator"](z_q), x_revised) / (2 * c.sigma ** 2)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         loss_vae = (recon + c.kl_weight * kl).mean()
-        if not torch.isfinite(loss_vae):
-            raise Diverged(f"VAE loss={float(loss_vae.detach()):.4g} on samples of the data chain")
+        self.check_finite({"VAE loss": loss_vae}, "data chain")
         self._step("generator", "encoder", loss_vae)
         return {**losses, "loss_VAE": float(loss_vae.detach())}
 
@@ -307,18 +356,15 @@ class ShortRun(Method):
                           on_nonfinite="ignore")
         return {"ebm": chain.run(x0)}
 
-    sample_shape: tuple = (2,)
-
 
 class Persistent(ShortRun):
     """Persistent chains from a replay buffer with re-initialisation (ebm-anatomy / JEM style)."""
 
-    def __init__(self, *args, sample_shape=(2,), **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from langevin_kernels.replay import ReplayBuffer
 
         c = self.cfg
-        self.sample_shape = tuple(sample_shape)
         self.chains["data chain"] = self.data_chain(c.pcd_steps, c.sr_step, c.sr_noise, 0)
         self.buffer = ReplayBuffer(c.buffer_size, self.sample_shape, reinit_prob=c.reinit_prob,
                                    init_fn=lambda n: self.uniform_init(n, self.sample_shape),
@@ -331,7 +377,14 @@ class Persistent(ShortRun):
         return self.energy_update(self._perturb(x), x_neg, "data chain")
 
     def sample(self, n: int, seed: int) -> dict[str, torch.Tensor]:
-        return {"ebm": self.buffer.storage[:n].clone()}
+        """n buffer states, every row equally likely (training state untouched), for any n: each row
+        n // capacity times, plus n % capacity distinct rows drawn uniformly (seeded by ``seed``)."""
+        cap = self.buffer.capacity
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        full, rest = divmod(n, cap)
+        idx = torch.cat([torch.arange(cap, device=self.device).repeat(full),
+                         torch.randperm(cap, generator=gen, device=self.device)[:rest]])
+        return {"ebm": self.buffer.storage[idx].clone()}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "buffer": self.buffer.state_dict()}
@@ -346,10 +399,5 @@ METHOD_CLASSES = {"dual": DualMCMC, "coop": Cooperative, "shortrun": ShortRun, "
 
 
 def build_method(cfg: TrainConfig, device, sample_shape, rank: int = 0, wrap=None) -> Method:
-    """The method named by cfg.method; sample_shape is one data point's shape."""
-    cls = METHOD_CLASSES[cfg.method]
-    if issubclass(cls, Persistent):
-        return cls(cfg, torch.device(device), rank, wrap, sample_shape=sample_shape)
-    method = cls(cfg, torch.device(device), rank, wrap)
-    method.sample_shape = tuple(sample_shape)
-    return method
+    """The method named by cfg.method; sample_shape is one data point's shape (from the data)."""
+    return METHOD_CLASSES[cfg.method](cfg, torch.device(device), rank, wrap, sample_shape=sample_shape)

@@ -29,6 +29,8 @@ EVAL_SEED = 12345  # evaluation chains and noise use fixed seeds: metrics do not
 class TrainingDiverged(RuntimeError):
     """Raised when a loss or chain diverges; the last good checkpoint is left in place."""
 
+    agreed = True  # under DDP every rank raises it at the same check point (Method.agree)
+
 
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped training after a completed iteration, whose checkpoint was saved.
@@ -362,9 +364,10 @@ class CheckpointError(ValueError):
 
 
 #: Config keys that may change when a run is resumed (run length, device and evaluation settings;
-#: max_energy_loss only decides when to stop). Every other key must equal the checkpoint's.
+#: max_energy_gap, and its old name max_energy_loss, only decide when to stop). Every other key
+#: must equal the checkpoint's.
 RESUMABLE_KEYS = frozenset({"iters", "device", "eval_every", "ckpt_every", "n_eval", "grid_n", "eval_x_steps",
-                            "eval_x_step", "eval_x_noise", "max_energy_loss"})
+                            "eval_x_step", "eval_x_noise", "max_energy_gap", "max_energy_loss"})
 CHECKPOINT_KEYS = ("iteration", "config", "method", "source", "history", "torch_rng", "python_rng")
 
 

@@ -8,9 +8,12 @@
 
 Indices are drawn without replacement within a batch (so ``update`` writes each row once
 and the result does not depend on write order), and the reinitialisation mask is drawn per
-row; both come from a torch.Generator on the buffer's device seeded by ``seed``. Nothing
-here copies to the host or synchronises: fresh states are made for the whole batch and
-selected with ``torch.where`` rather than counting the reinitialised rows.
+row; both come from a torch.Generator on the buffer's device seeded by ``seed``. Sampling never
+copies to the host or synchronises: fresh states are made for the whole batch and selected with
+``torch.where`` rather than counting the reinitialised rows. ``update`` refuses NaN/inf states
+(a diverged chain would otherwise poison the buffer for good), which costs one device-to-host
+read per update; ``check_finite=False`` skips it where the chains already check (for example
+``on_nonfinite="raise"``, their default).
 """
 from __future__ import annotations
 
@@ -31,10 +34,12 @@ class ReplayBuffer:
             its output is moved to ``device`` and ``dtype`` if needed.
         device, dtype: where and how the states are stored.
         seed: seed of the buffer's own generator (indices and reinitialisation draws).
+        check_finite: ``update`` raises ValueError on NaN/inf states (default True; one
+            device-to-host read per update).
     """
 
     def __init__(self, capacity: int, shape, *, reinit_prob: float, init_fn: Callable[[int], torch.Tensor],
-                 device="cpu", dtype=torch.float32, seed: int = 0):
+                 device="cpu", dtype=torch.float32, seed: int = 0, check_finite: bool = True):
         if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity < 1:
             raise ValueError(f"capacity={capacity!r} must be an int >= 1")
         if isinstance(reinit_prob, bool) or not isinstance(reinit_prob, numbers.Real) or not 0 <= reinit_prob <= 1:
@@ -43,6 +48,7 @@ class ReplayBuffer:
             raise TypeError(f"init_fn must be callable (n -> states [n, *shape]), got {type(init_fn).__name__}")
         self.capacity, self.shape = int(capacity), tuple(int(d) for d in shape)
         self.reinit_prob, self.init_fn = float(reinit_prob), init_fn
+        self.check_finite = bool(check_finite)
         self.device, self.dtype = torch.device(device), dtype
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
@@ -70,11 +76,32 @@ class ReplayBuffer:
         return states, idx
 
     def update(self, idx: torch.Tensor, states: torch.Tensor) -> None:
-        """Write states (detached) back at idx (the indices ``sample`` returned)."""
+        """Write states (detached) back at idx (the indices ``sample`` returned).
+
+        With ``check_finite`` (the default) states holding NaN or inf are refused with a
+        ValueError naming the rows, and the buffer is left unchanged.
+        """
         if tuple(states.shape) != (idx.shape[0], *self.shape):
             raise ValueError(f"states has shape {tuple(states.shape)}; expected {(idx.shape[0], *self.shape)} "
                              "(one state per index)")
+        if self.check_finite:
+            self._refuse_nonfinite(idx, states)
         self.storage[idx] = states.detach().to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def _refuse_nonfinite(idx: torch.Tensor, states: torch.Tensor) -> None:
+        bad = ~torch.isfinite(states.detach().reshape(len(states), -1)).all(1)
+        if not bool(bad.any()):
+            return
+        rows = bad.nonzero().flatten()
+        shown = rows[:10].tolist()
+        more = ", ..." if len(rows) > 10 else ""
+        raise ValueError(
+            f"ReplayBuffer.update: states has {len(rows)} of {len(states)} rows with NaN or inf (rows {shown}{more}, "
+            f"buffer indices {idx.detach().reshape(-1)[rows[:10].to(idx.device)].tolist()}{more}); the chain that "
+            "produced them diverged, and writing them would keep those rows broken. Nothing was written. Use a "
+            "smaller step size or a clamp, run the chain with on_nonfinite='reinit', or pass check_finite=False "
+            "to store them anyway")
 
     def state_dict(self) -> dict:
         return {"storage": self.storage, "generator": self.generator.get_state()}

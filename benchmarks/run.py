@@ -1,12 +1,17 @@
 """Report command: run benchmark suites, print a markdown table, write JSON and a PNG chart.
 
-    python -m benchmarks.run --suite step|chain|train|all [--device cpu|cuda] [--quick]
-                             [--threads N] [--no-check] [--out DIR]
+    python -m benchmarks.run --suite step|chain|train|all [--device cpu|cuda] [--quick | --smoke]
+                             [--threads N] [--no-check] [--cases a,b] [--out DIR | --update-results]
+    python -m benchmarks.run --render FILE.json [FILE.json ...]     # tables of saved results
 
-Writes <out>/<suite>-<device>-<date>.json (and -quick.json for --quick runs) with the machine
-record (CPU model or GPU name, torch/triton versions, git commit, thread count) and every row,
-and a PNG chart beside it. Variants of a case run side by side in this one process; the numbers
-to quote are the ratios (speedup vs eager); absolute GPU numbers only from a GPU run.
+Writes <out>/<suite>-<device>-<date>[-quick|-smoke].json with the machine record (CPU model or
+GPU name, torch/triton/torchebm/jax versions, git commit, thread count) and every row, and a PNG
+chart beside it. <out> is runs/bench/ unless --out is given; --update-results writes into
+benchmarks/results/ (the files the README quotes), the only way this command writes into the
+source tree. The JSON is rewritten after every case, so a run stopped by a time limit keeps the
+cases it finished. Variants of a case run side by side in this one process; the numbers to quote
+are the ratios (speedup vs the eager baseline); absolute GPU numbers only from a GPU run.
+--smoke runs the smallest sizes and chains to check the code paths: its timings mean nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from .suites import common
 
 SUITES = ("step", "chain", "train")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEFAULT_OUT = os.path.join("runs", "bench")
+BASELINE = {"step": "eager", "chain": "eager", "train": "eager-op"}
 
 
 def _suite_module(name: str):
@@ -48,23 +55,23 @@ def _time(seconds) -> str:
 
 
 def markdown_table(rows: list[common.Row], suite: str) -> str:
-    """One markdown table for a suite's rows; unavailable variants carry their reason."""
+    """One markdown table for a suite's rows; variants that did not run carry their reason."""
     step = suite == "step"
-    head = ["case", "variant", "median", "speedup vs eager"]
-    head += ["GB/s", "% of copy"] if step else ["per step"]
+    head = ["case", "variant", "median", f"vs {BASELINE[suite]}"]
+    head += ["device time", "GB/s", "% of copy"] if step else ["us/step"] if suite == "chain" else []
     head += ["compile", "max err vs ref", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        metrics = 3 if step else 1 if suite == "chain" else 0
         if r.unavailable:
-            cells = [r.case, r.variant, "n/a", "-"] + (["-", "-"] if step else ["-"]) + ["-", "-", r.unavailable]
+            cells = [r.case, r.variant, "n/a", "-"] + ["-"] * metrics + ["-", "-", r.unavailable]
         else:
             agree = "" if r.agrees is None else (" ok" if r.agrees else " MISMATCH")
             cells = [r.case, r.variant, _time(r.median_s), _fmt(r.speedup_vs_eager, ".2f") + "x"]
             if step:
-                cells += [_fmt(r.gbps, ".2f"), _fmt(r.pct_copy, ".0f")]
-            else:
-                per_step = r.extra.get("ms_per_step")
-                cells += ["-" if per_step is None else _time(per_step / 1e3)]
+                cells += [_time(r.device_s), _fmt(r.gbps, ".1f"), _fmt(r.pct_copy, ".0f")]
+            elif suite == "chain":
+                cells += [_fmt(r.extra.get("us_per_step"), ".1f")]
             cells += ["-" if r.compile_s is None else f"{r.compile_s:.1f} s",
                       (_fmt(r.max_abs_err, ".1e") + agree) if r.max_abs_err is not None else "-", r.note]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -99,39 +106,96 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
         for ax, case in zip(axes[0], cases):
             case_rows = [r for r in timed if r.case == case]
             ax.barh([r.variant for r in case_rows], [r.median_s * 1e3 for r in case_rows])
-            ax.set_xlabel("median ms per run")
+            ax.set_xscale("log")
+            ax.set_xlabel("median ms per run (log)")
             ax.set_title(case, fontsize=9)
             ax.invert_yaxis()
-            ax.grid(True, axis="x", alpha=0.3)
+            ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def result_path(out_dir: str, suite: str, device: torch.device, quick: bool, ext: str) -> str:
+def _mode(quick: bool, smoke: bool) -> str:
+    return "smoke" if smoke else "quick" if quick else "full"
+
+
+def result_path(out_dir: str, suite: str, device: torch.device, mode: str, ext: str) -> str:
     date = dt.date.today().isoformat()
-    return os.path.join(out_dir, f"{suite}-{device.type}-{date}{'-quick' if quick else ''}.{ext}")
+    suffix = "" if mode == "full" else f"-{mode}"
+    return os.path.join(out_dir, f"{suite}-{device.type}-{date}{suffix}.{ext}")
 
 
-def run(suite: str, device: torch.device, *, quick: bool, check: bool = True, repeats: int = common.MIN_REPEATS,
-        out_dir: str | None = RESULTS_DIR, progress=print) -> dict:
-    """Run one suite; returns its result dict (and writes JSON + PNG into out_dir unless None)."""
+def _suite_kwargs(suite: str, smoke: bool, cases) -> dict:
+    """What --smoke and --cases mean for each suite."""
+    kwargs = {}
+    if cases:
+        kwargs["cases"] = cases
+    if smoke:
+        kwargs["smoke"] = True
+    return kwargs
+
+
+def run(suite: str, device: torch.device, *, quick: bool, smoke: bool = False, check: bool = True,
+        repeats: int = common.MIN_REPEATS, cases=None, out_dir: str | None = DEFAULT_OUT, progress=print) -> dict:
+    """Run one suite; returns its result dict (and writes JSON + PNG into out_dir unless None).
+
+    The JSON is rewritten after each case (partial results survive a killed run); the PNG is
+    drawn at the end.
+    """
     started = time.time()
-    result = _suite_module(suite).run_suite(device, quick=quick, check=check, repeats=repeats, progress=progress)
     machine = common.machine_record(device)
-    record = {"suite": suite, "quick": quick, "date": dt.datetime.now().isoformat(timespec="seconds"),
-              "wall_s": round(time.time() - started, 1), "machine": machine, "meta": result["meta"],
-              "rows": [r.as_dict() for r in result["rows"]]}
-    if out_dir is not None:
+    mode = _mode(quick or smoke, smoke)
+    json_path = result_path(out_dir, suite, device, mode, "json") if out_dir is not None else None
+
+    def record_of(rows, meta, complete):
+        return {"suite": suite, "mode": mode, "quick": quick or smoke, "complete": complete,
+                "date": dt.datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.time() - started, 1),
+                "machine": machine, "meta": meta, "rows": [r.as_dict() for r in rows]}
+
+    def save(record):
+        if json_path is None:
+            return
         os.makedirs(out_dir, exist_ok=True)
-        with open(result_path(out_dir, suite, device, quick, "json"), "w") as f:
+        with open(json_path + ".tmp", "w") as f:
             json.dump(record, f, indent=1, default=str)
+        os.replace(json_path + ".tmp", json_path)
+
+    result = _suite_module(suite).run_suite(device, quick=quick or smoke, check=check, repeats=repeats,
+                                            progress=progress, on_rows=lambda rows: save(record_of(rows, {}, False)),
+                                            **_suite_kwargs(suite, smoke, cases))
+    record = record_of(result["rows"], result["meta"], True)
+    save(record)
+    if json_path is not None:
         name = machine.get("gpu_name") or machine["cpu_model"]
-        plot(result["rows"], suite, result_path(out_dir, suite, device, quick, "png"),
-             f"{suite} suite on {name} ({machine['threads']} threads), torch {machine['torch']}")
+        plot(result["rows"], suite, result_path(out_dir, suite, device, mode, "png"),
+             f"{suite} suite ({mode}) on {name} ({machine['threads']} threads), torch {machine['torch']}")
     record["row_objects"] = result["rows"]
+    record["json_path"] = json_path
     return record
+
+
+def rows_from_json(path: str) -> tuple[dict, list[common.Row]]:
+    """(record, rows) of a saved result file."""
+    with open(path) as f:
+        record = json.load(f)
+    return record, [common.Row(**row) for row in record["rows"]]
+
+
+def render(paths: list[str]) -> str:
+    """Markdown of saved result files: a line naming the machine, then the table, per file."""
+    parts = []
+    for path in paths:
+        record, rows = rows_from_json(path)
+        machine = record["machine"]
+        name = machine.get("gpu_name") or machine["cpu_model"]
+        extra = f", copy {record['meta']['copy_bandwidth_gbps']:.0f} GB/s" \
+            if record.get("meta", {}).get("copy_bandwidth_gbps") else ""
+        parts.append(f"### {record['suite']} ({record.get('mode', 'quick' if record.get('quick') else 'full')}) "
+                     f"on {name}, {machine['threads']} threads, torch {machine['torch']}, "
+                     f"commit {machine.get('git_commit')}{extra}\n\n{markdown_table(rows, record['suite'])}\n")
+    return "\n".join(parts)
 
 
 def _configure(threads: int | None) -> None:
@@ -146,30 +210,56 @@ def main(argv=None) -> int:
     parser.add_argument("--suite", choices=SUITES + ("all",), default="all")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: cuda when available, else cpu")
-    parser.add_argument("--quick", action="store_true", help="small sizes and short chains (< 3 min on 2 CPU cores)")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="fewer sizes, shorter network chains (minutes on 2 CPU cores)")
+    speed.add_argument("--smoke", action="store_true", help="smallest sizes and chains: checks the code paths, "
+                       "the timings mean nothing (the GPU script's dry run)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for every variant")
     parser.add_argument("--repeats", type=int, default=common.MIN_REPEATS, help="timed samples per variant (>= 10)")
     parser.add_argument("--no-check", action="store_true", help="skip the agreement check on a fixed seed")
-    parser.add_argument("--out", default=RESULTS_DIR, help="folder for the JSON and PNG files")
+    parser.add_argument("--cases", default=None, help="comma-separated case keys of the suite (default: all)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help=f"folder for the JSON and PNG files (default {DEFAULT_OUT})")
+    where.add_argument("--update-results", action="store_true",
+                       help="write into benchmarks/results/ (the files the README quotes)")
+    parser.add_argument("--render", nargs="+", metavar="FILE", help="print the tables of saved result files and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return 0
+    if args.repeats < common.MIN_REPEATS:
+        parser.error(f"--repeats {args.repeats}: at least {common.MIN_REPEATS} samples are needed for a median")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    cases = args.cases.split(",") if args.cases else None
+    if cases and args.suite == "all":
+        parser.error("--cases needs one --suite (case keys differ between suites)")
+    if cases:
+        known = _suite_module(args.suite).CASES
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            parser.error(f"--cases: {', '.join(unknown)} not in the {args.suite} suite; allowed: {', '.join(known)}")
+    out_dir = RESULTS_DIR if args.update_results else (args.out or DEFAULT_OUT)
     _configure(args.threads)
     machine = common.machine_record(device)
     print(f"# benchmarks on {machine.get('gpu_name') or machine['cpu_model']}, {machine['threads']} threads, "
           f"torch {machine['torch']}, triton {machine['triton']}, torchebm {machine['torchebm']}, "
-          f"commit {machine['git_commit']}\n", flush=True)
-    mismatches = 0
+          f"jax {machine['jax']}, commit {machine['git_commit']}\n", flush=True)
+    mismatches = failures = 0
     for suite in (SUITES if args.suite == "all" else (args.suite,)):
-        record = run(suite, device, quick=args.quick, check=not args.no_check, repeats=args.repeats,
-                     out_dir=args.out, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-        print(f"## {suite} ({'quick, ' if args.quick else ''}{record['wall_s']} s)\n")
+        record = run(suite, device, quick=args.quick, smoke=args.smoke, check=not args.no_check,
+                     repeats=args.repeats, cases=cases, out_dir=out_dir,
+                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(f"## {suite} ({record['mode']}, {record['wall_s']} s) -> {record['json_path']}\n")
         print(markdown_table(record["row_objects"], suite) + "\n", flush=True)
         mismatches += sum(1 for r in record["row_objects"] if r.agrees is False)
+        failures += sum(1 for r in record["row_objects"] if (r.unavailable or "").startswith(common.FAILED))
     if mismatches:
         print(f"{mismatches} variant(s) disagree with the reference beyond tolerance (see 'max err')", file=sys.stderr)
-    return 1 if mismatches else 0
+    if failures:
+        print(f"{failures} variant(s) failed (rows starting with '{common.FAILED}')", file=sys.stderr)
+    return 1 if mismatches or failures else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """pytest-benchmark view of the chain suite: `pytest benchmarks/ --benchmark-only`.
 
-The 4096 x 32 MLP chain (launch-bound case) and the latent chain, quick lengths, on the default
-device: eager loop, torch.compile of one step, fused chain, fused + CUDA graph, torchebm.
+The small double-well chain (host-bound), the 4096 x 32 MLP chain (launch-bound on a GPU) and the
+latent chain, quick lengths, on the default device: every variant of the chain suite.
 """
 import pytest
 import torch
@@ -11,15 +11,16 @@ from benchmarks.suites import chain
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 bench_run._configure(None)
-NAMES = ["eager", "compile", "fused[cpp]", "fused[triton]", "fused[cuda]", "fused+graph[triton]",
-         "fused+graph[cuda]", "torchebm"]
+BACKENDS = ["cpp"] if DEVICE.type == "cpu" else ["triton", "cuda"]
+NAMES = ["eager", "compile", "torchebm", "jax"] + [
+    f"lk[{b}]{label}" for b in BACKENDS for label in ("", " lean", " compile", " graph", " compile+graph")]
 
 
-@pytest.mark.parametrize("case", ["mlp", "latent"])
+@pytest.mark.parametrize("case", ["dw-small", "mlp", "latent"])
 @pytest.mark.parametrize("name", NAMES)
 def test_chain(benchmark, case, name):
     workload = chain.CASES[case](DEVICE, True)
-    variants = chain.build_variants(workload, DEVICE, with_compile=name == "compile")
+    variants = chain.build_variants(workload, DEVICE, with_compile="compile" in name)
     variant = next((v for v in variants if v.name == name), None)
     if variant is None or variant.unavailable:
         pytest.skip(f"{name} not available here" if variant is None else variant.unavailable)

@@ -9,14 +9,21 @@ Timing method (issue 6, DESIGN section 8):
   dominated by timer resolution);
 - inputs are rotated through a pool larger than the last-level cache, so a call does not find
   its inputs in cache left by the previous call;
-- on CUDA each sample is bracketed by CUDA events and synchronised; on CPU by perf_counter;
+- on CUDA each sample is bracketed by CUDA events and synchronised; on CPU by perf_counter:
+  this "wall" time per call includes the host's launch cost, which is what a sampler loop feels;
+- with timer="device" (the step suite on CUDA) each sample also gets a device time per call:
+  a spin kernel holds the stream while the host queues every call of the sample, each call
+  bracketed by its own pair of CUDA events, so the events time the kernels back to back on the
+  GPU and not the host's launch gaps (on CPU the device time is the wall time);
 - samples of the variants of a case are taken round-robin, so a load spike on a shared machine
   hits all of them alike;
-- the reported time is the median over >= 10 samples.
+- the reported times are medians over >= 10 samples.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -31,6 +38,7 @@ import torch
 import langevin_kernels as lk
 
 MIN_REPEATS = 10
+SMOKE_REPEATS = 3      # --smoke: code paths only, its medians mean nothing
 # Bigger than any last-level cache we run on (H100 L2 50 MB, H200 L2 60 MB, server L3s up to
 # 256 MB): rotating through this many bytes of inputs means a call reads from DRAM/HBM.
 CACHE_FLUSH_BYTES = 512 * 2**20
@@ -50,6 +58,7 @@ class Variant:
     unavailable: str | None = None
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     note: str = ""
+    compiled: bool = False      # its first call compiles: the row reports compile_s
 
 
 @dataclass
@@ -58,12 +67,13 @@ class Row:
     suite: str
     case: str
     variant: str
-    median_s: float | None = None
+    median_s: float | None = None          # wall time per call (host launch cost included)
     min_s: float | None = None
+    device_s: float | None = None          # device time per call (timer="device"; CPU: = median_s)
     samples: int = 0
     calls_per_sample: int = 0
     first_call_s: float | None = None      # warm-up call; includes compilation for compile variants
-    compile_s: float | None = None         # first_call_s - median_s for compile variants
+    compile_s: float | None = None         # first_call_s - median_s for compiled variants
     gbps: float | None = None
     pct_copy: float | None = None
     speedup_vs_eager: float | None = None
@@ -84,7 +94,7 @@ def synchronize(device: torch.device) -> None:
 
 def _time_calls(fn: Callable[[int], object], start: int, calls: int, n_inputs: int,
                 device: torch.device) -> float:
-    """Seconds per call of `calls` consecutive calls on rotated inputs."""
+    """Wall seconds per call of `calls` consecutive calls on rotated inputs (host cost included)."""
     if device.type == "cuda":
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
@@ -99,9 +109,60 @@ def _time_calls(fn: Callable[[int], object], start: int, calls: int, n_inputs: i
     return (time.perf_counter() - t0) / calls
 
 
+_spin_rate: dict[int, float] = {}      # CUDA device index -> torch.cuda._sleep cycles per second
+MAX_SPIN_S = 0.2                       # never hold a stream longer than this per sample
+
+
+def _spin_cycles_per_second(device: torch.device) -> float:
+    """How many torch.cuda._sleep cycles make one second on this GPU (measured once)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _spin_rate:
+        cycles = 20_000_000
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)            # first launch pays the module load
+        begin.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        _spin_rate[index] = cycles / max(begin.elapsed_time(end) / 1e3, 1e-6)
+    return _spin_rate[index]
+
+
+def _device_time_calls(fn: Callable[[int], object], start: int, calls: int, n_inputs: int,
+                       device: torch.device, host_s_per_call: float) -> float:
+    """Device seconds per call: per-call CUDA events recorded while a spin kernel holds the stream.
+
+    Without the spin, a GPU that has caught up with the host would wait for each launch and the
+    events would time the host's launch cost, not the kernels. The spin lasts about twice the
+    host's measured queueing time for the whole sample (capped at MAX_SPIN_S).
+    """
+    if device.type != "cuda":
+        return _time_calls(fn, start, calls, n_inputs, device)
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
+    spin_s = min(MAX_SPIN_S, 2 * calls * host_s_per_call + 1e-4)
+    torch.cuda._sleep(int(spin_s * _spin_cycles_per_second(device)))
+    for k, (begin, end) in enumerate(pairs):
+        begin.record()
+        fn((start + k) % n_inputs)
+        end.record()
+    pairs[-1][1].synchronize()
+    return sum(begin.elapsed_time(end) for begin, end in pairs) / 1e3 / calls
+
+
+def _host_time_per_call(fn: Callable[[int], object], n_inputs: int, device: torch.device, calls: int) -> float:
+    """Seconds the host spends queueing one call (CUDA: no synchronisation inside the loop)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    for k in range(calls):
+        fn((1 + k) % n_inputs)
+    host = (time.perf_counter() - t0) / calls
+    synchronize(device)
+    return host
+
+
 def warm_up(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, min_sample_s: float = 2e-3,
             max_calls: int = 1000) -> dict:
-    """First call (compiles, for compile variants) and the calls per sample that last >= min_sample_s."""
+    """First call (compiles, for compiled variants) and the calls per sample that last >= min_sample_s."""
     synchronize(device)
     t0 = time.perf_counter()
     fn(0)
@@ -109,17 +170,28 @@ def warm_up(fn: Callable[[int], object], n_inputs: int, device: torch.device, *,
     first_call_s = time.perf_counter() - t0
     probe = _time_calls(fn, 1, 1, n_inputs, device)     # second call: compiled, caches primed
     calls = int(min(max_calls, max(1, math.ceil(min_sample_s / max(probe, 1e-9)))))
-    return {"first_call_s": first_call_s, "calls_per_sample": calls}
+    summary = {"first_call_s": first_call_s, "calls_per_sample": calls, "host_s_per_call": probe}
+    if device.type == "cuda":
+        summary["host_s_per_call"] = _host_time_per_call(fn, n_inputs, device, min(calls, 20))
+    return summary
 
 
 def measure(fn: Callable[[int], object], n_inputs: int, device: torch.device, *, repeats: int = MIN_REPEATS,
-            min_sample_s: float = 2e-3, max_calls: int = 1000) -> dict:
-    """Warm up, calibrate calls per sample, and return the timing summary of `fn` alone."""
+            min_sample_s: float = 2e-3, max_calls: int = 1000, timer: str = "wall") -> dict:
+    """Warm up, calibrate calls per sample, and return the timing summary of `fn` alone.
+
+    timer="device" also returns device_s, the device time per call (see _device_time_calls).
+    """
     repeats = max(repeats, MIN_REPEATS)
     summary = warm_up(fn, n_inputs, device, min_sample_s=min_sample_s, max_calls=max_calls)
     calls = summary["calls_per_sample"]
     samples = [_time_calls(fn, 2 + r * calls, calls, n_inputs, device) for r in range(repeats)]
-    return {**summary, "median_s": statistics.median(samples), "min_s": min(samples), "samples": repeats}
+    result = {**summary, "median_s": statistics.median(samples), "min_s": min(samples), "samples": repeats}
+    if timer == "device":
+        device_samples = [_device_time_calls(fn, 2 + r * calls, calls, n_inputs, device, summary["host_s_per_call"])
+                          for r in range(repeats)]
+        result["device_s"] = statistics.median(device_samples)
+    return result
 
 
 def pool_size(bytes_per_input: int, *, device: torch.device, quick: bool) -> int:
@@ -172,57 +244,84 @@ def reference_noise(numel: int, *, seed: int, offset: int, device) -> torch.Tens
 
 # ----------------------------------------------------------------------------- running a case
 
+SKIPPED = "skipped: "
+FAILED = "failed: "
+
+
+def skipped(reason: str) -> str:
+    """A variant's reason for not running, marked as a deliberate skip (not a failure)."""
+    return reason if reason.startswith(SKIPPED) else SKIPPED + reason
+
+
 def _failure(exc: Exception) -> str:
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"failed: {type(exc).__name__}: {text}"
+    return f"{FAILED}{type(exc).__name__}: {text}"
 
 
 def run_case(suite: str, case: str, variants: list[Variant], reference: torch.Tensor | None,
              device: torch.device, n_inputs: int, *, tol: float, repeats: int, check: bool,
-             min_sample_s: float) -> list[Row]:
+             min_sample_s: float, timer: str = "wall", baseline: str = "eager",
+             min_repeats: int = MIN_REPEATS) -> list[Row]:
     """Check and time every variant of one case; failures become rows with a reason.
 
     Samples are taken round-robin (one sample of each variant per round), so that a load spike
     on a shared machine, or a GPU clock change, falls on all variants alike instead of on
-    whichever variant was being timed at that moment.
+    whichever variant was being timed at that moment. timer="device" adds a device-time sample
+    per round (CUDA events behind a spin kernel; on CPU the wall time). Speedups are against the
+    variant named `baseline`; rows of variants that were not run start with "skipped: " (a
+    reason the machine or the build explains) or "failed: " (an exception: a bug to look at).
+    min_repeats lowers the floor of MIN_REPEATS samples for smoke runs only.
     """
-    repeats = max(repeats, MIN_REPEATS)
+    repeats = max(repeats, min_repeats)
     rows, live = [], []
     for variant in variants:
-        row = Row(suite, case, variant.name, unavailable=variant.unavailable, note=variant.note)
+        row = Row(suite, case, variant.name, unavailable=variant.unavailable and skipped(variant.unavailable),
+                  note=variant.note)
         rows.append(row)
         if variant.unavailable:
             continue
         try:
             with variant.context():
                 if check and reference is not None and variant.check is not None:
-                    row.max_abs_err = compare(variant.check(), reference)
+                    synchronize(device)
+                    t0 = time.perf_counter()
+                    output = variant.check()
+                    synchronize(device)
+                    row.extra["check_call_s"] = time.perf_counter() - t0   # may hold a compile
+                    row.max_abs_err = compare(output, reference)
                     row.agrees = row.max_abs_err <= tol
                 summary = warm_up(variant.run, n_inputs, device, min_sample_s=min_sample_s)
         except Exception as exc:  # a variant that fails is reported, not fatal for the others
             row.unavailable = _failure(exc)
             continue
         row.first_call_s, row.calls_per_sample = summary["first_call_s"], summary["calls_per_sample"]
-        live.append((row, variant, []))
+        live.append((row, variant, summary["host_s_per_call"], [], []))
     for r in range(repeats):
-        for row, variant, samples in live:
+        for row, variant, host_s, samples, device_samples in live:
             if row.unavailable:
                 continue
+            first, calls = 2 + r * row.calls_per_sample, row.calls_per_sample
             try:
                 with variant.context():
-                    samples.append(_time_calls(variant.run, 2 + r * row.calls_per_sample, row.calls_per_sample,
-                                               n_inputs, device))
+                    samples.append(_time_calls(variant.run, first, calls, n_inputs, device))
+                    if timer == "device" and device.type == "cuda":
+                        device_samples.append(_device_time_calls(variant.run, first, calls, n_inputs, device, host_s))
             except Exception as exc:  # noqa: BLE001
                 row.unavailable = _failure(exc)
-    for row, _, samples in live:
+    for row, _, _, samples, device_samples in live:
         if not row.unavailable:
             row.median_s, row.min_s, row.samples = statistics.median(samples), min(samples), len(samples)
-    eager = next((r for r in rows if r.variant == "eager" and r.median_s), None)
-    for row in rows:
-        if eager and row.median_s:
-            row.speedup_vs_eager = eager.median_s / row.median_s
-        if row.variant.startswith("compile") and row.first_call_s is not None and row.median_s:
-            row.compile_s = max(0.0, row.first_call_s - row.median_s)
+            if timer == "device":
+                row.device_s = statistics.median(device_samples) if device_samples else row.median_s
+    base = next((r for r in rows if r.variant == baseline and r.median_s), None)
+    for row, variant in zip(rows, variants):
+        if base and row.median_s:
+            row.speedup_vs_eager = base.median_s / row.median_s
+        if variant.compiled and row.first_call_s is not None and row.median_s:
+            # The check call (when it ran) came first and may have compiled; a check with other
+            # arguments (explicit noise) compiles once more: count the excess of both first calls.
+            row.compile_s = max(0.0, row.first_call_s - row.median_s) + \
+                max(0.0, row.extra.get("check_call_s", row.median_s) - row.median_s)
     return rows
 
 
@@ -240,6 +339,9 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    """HEAD of the checkout (+ "-dirty"); $GIT_COMMIT where the tree travelled without .git."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -252,12 +354,12 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _version(module_name: str) -> str | None:
+def _version(distribution: str) -> str | None:
+    """Installed version of a distribution, without importing it (importing jax takes the GPU)."""
     try:
-        module = __import__(module_name)
-    except Exception:  # noqa: BLE001  (absent or broken: either way, no version to report)
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return getattr(module, "__version__", "unknown")
 
 
 def machine_record(device: torch.device) -> dict:
@@ -271,6 +373,8 @@ def machine_record(device: torch.device) -> dict:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "torchebm": _version("torchebm"),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
         "langevin_kernels": lk.__version__,
         "backends": lk.backends(),
         "git_commit": _git_commit(),
@@ -280,4 +384,12 @@ def machine_record(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         record.update(gpu_name=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                       cuda=torch.version.cuda, sm_count=props.multi_processor_count)
+    return record
+
+
+def write_machine_record(path: str, device: torch.device) -> dict:
+    """machine_record(device) as JSON at `path` (for scripts that time nothing themselves)."""
+    record = machine_record(device)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
     return record

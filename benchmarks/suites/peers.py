@@ -1,4 +1,4 @@
-"""Peer libraries mapped onto our conventions (optional: `pip install .[bench]`).
+"""Peer libraries mapped onto our conventions (optional: `pip install .[bench]`, `pip install jax`).
 
 torchebm (PyPI `torchebm`, tested with 0.8.9) writes Langevin dynamics as Euler-Maruyama on
 dx = -grad E dt + sqrt(2 D) dW with D = noise_scale^2 (torchebm.core.base_integrator,
@@ -14,11 +14,18 @@ and torchebm's `clamp=(lo, hi)` clamps after every step as ours does. Its gradie
 `torch.autograd.grad(E(x), x, grad_outputs=ones)` on a BaseModel whose forward returns per-chain
 energies [B], the same gradient our chains compute. Its noise comes from torch's generator;
 for the agreement check we give its integrator our noise stream instead (`PhiloxNoiseIntegrator`).
+
+JAX (PyPI `jax`; on a GPU with its CUDA plugin) runs the same chain as a user would write it for
+speed: the energy's gradient by jax.grad, the update, noise from jax.random, the K steps in one
+lax.scan inside jax.jit. For the agreement check the same scan takes our noise stream as input.
+JAX preallocates most of a GPU's memory at its first use unless told not to: this module sets
+XLA_PYTHON_CLIENT_PREALLOCATE=false before importing it, so torch and JAX share the device.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from typing import Callable
 
 import torch
@@ -88,3 +95,110 @@ def langevin_sampler(energy, *, step_size: float, noise_scale: float, clamp, dev
                             noise_scale=torchebm_noise_scale(step_size, noise_scale),
                             clamp=None if clamp is None else tuple(clamp), device=device, dtype=dtype,
                             integrator=integrator)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+JAX_MISSING = "jax is not installed (pip install jax; on a GPU also its CUDA plugin)"
+
+
+def jax_unavailable(device: torch.device) -> str | None:
+    """None when JAX imports and has a backend for `device`'s type, else why not."""
+    if importlib.util.find_spec("jax") is None:
+        return JAX_MISSING
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        import jax
+    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
+        return f"jax does not import: {type(exc).__name__}: {exc}"
+    platform = "gpu" if device.type == "cuda" else "cpu"
+    try:
+        jax.devices(platform)
+    except RuntimeError as exc:
+        return f"jax has no {platform} backend here ({str(exc).splitlines()[0][:120]})"
+    return None
+
+
+def jax_device(device: torch.device):
+    import jax
+    return jax.devices("gpu" if device.type == "cuda" else "cpu")[0]
+
+
+def to_jax(tensor: torch.Tensor, device: torch.device):
+    """A copy of `tensor` as a JAX array on the matching JAX device."""
+    import jax
+    return jax.device_put(tensor.detach().cpu().numpy(), jax_device(device))
+
+
+def to_torch(array, device: torch.device) -> torch.Tensor:
+    import numpy as np
+    return torch.from_numpy(np.array(array)).to(device)     # a writable copy
+
+
+def jax_double_well(x):
+    """E(x) = 2 * sum_i (x_i^2 - 1)^2 per chain, in JAX."""
+    import jax.numpy as jnp
+    return 2.0 * jnp.sum((x * x - 1.0) ** 2, axis=-1)
+
+
+def jax_mlp(net: torch.nn.Sequential):
+    """The energy of a torch Sequential of Linear and SiLU layers (last output squeezed), in JAX.
+
+    The weights are copied once; a layer of another kind raises TypeError naming it.
+    """
+    import jax
+    import jax.numpy as jnp
+    layers = []
+    for layer in net:
+        if isinstance(layer, torch.nn.Linear):
+            layers.append(("linear", jnp.asarray(layer.weight.detach().cpu().numpy().T),
+                           jnp.asarray(layer.bias.detach().cpu().numpy())))
+        elif isinstance(layer, torch.nn.SiLU):
+            layers.append(("silu", None, None))
+        else:
+            raise TypeError(f"jax_mlp: no JAX port of layer {type(layer).__name__} (Linear and SiLU only)")
+
+    def energy(x):
+        for kind, weight, bias in layers:
+            x = x @ weight + bias if kind == "linear" else jax.nn.silu(x)
+        return x[..., 0]
+    return energy
+
+
+def jax_chain(energy, *, n_steps: int, step_size: float, noise_scale: float, clamp):
+    """(run(x0, key), run_with_noise(x0, noises)): jit-compiled K-step Langevin chains in JAX.
+
+    run draws step k's noise from jax.random (a key split per step), as JAX code does;
+    run_with_noise takes noises[k] instead (the agreement check). Both run the K steps in one
+    lax.scan, so one compiled program runs the whole chain; it runs where its inputs were put
+    (jax_key, to_jax).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    grad = jax.grad(lambda x: jnp.sum(energy(x)))
+    lo, hi = (None, None) if clamp is None else clamp
+
+    def update(x, noise):
+        y = x - step_size * grad(x) + noise_scale * noise
+        return y if clamp is None else jnp.clip(y, lo, hi)
+
+    def run(x0, key):
+        def body(carry, _):
+            x, key = carry
+            key, sub = jax.random.split(key)
+            return (update(x, jax.random.normal(sub, x.shape, x.dtype)), key), None
+        (x, _), _ = jax.lax.scan(body, (x0, key), None, length=n_steps)
+        return x
+
+    def run_with_noise(x0, noises):
+        x, _ = jax.lax.scan(lambda x, noise: (update(x, noise), None), x0, noises)
+        return x
+
+    return jax.jit(run), jax.jit(run_with_noise)
+
+
+def jax_key(seed: int, device: torch.device):
+    """A jax.random key on the JAX device matching `device`."""
+    import jax
+    return jax.device_put(jax.random.key(seed), jax_device(device))

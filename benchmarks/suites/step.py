@@ -1,9 +1,13 @@
 """Step suite: the Langevin update alone, y = clamp(x - a*grad + s*noise, lo, hi).
 
-Sizes 2^14..2^28 elements (CPU: up to 2^24), float32 and bfloat16. Reported per variant: median
-time, effective bandwidth with bytes = read x + read grad + write y (the noise is generated,
-not read), on GPU the percent of a device-to-device copy's bandwidth measured in the same run,
-and the speedup over eager.
+Sizes 2^14..2^28 elements on CUDA (2^14..2^24 on CPU), float32 and bfloat16. Reported per
+variant: the median wall time per call (a loop of calls, host cost included: what a sampler
+loop sees), the device time per call (CUDA: per-call CUDA events while a spin kernel holds the
+stream, see common._device_time_calls; CPU: the wall time), the effective bandwidth on the device
+time with bytes = read x + read grad + write y (the noise is generated, not read), the percent of
+a device-to-device copy's bandwidth measured in the same run with the same timer (bytes read +
+written; on CPU a memory-to-memory copy), and the speedup over eager. CPU and CUDA results share
+one JSON schema (common.Row; meta.copy_bandwidth_gbps, meta.device_timer).
 """
 from __future__ import annotations
 
@@ -29,11 +33,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EAGER_BACKEND_MAX_EXPONENT_CPU = 18
 
 
-def sizes(device: torch.device, quick: bool) -> list[int]:
-    """Exponents of the element counts to run."""
+CASES = tuple(DTYPES)        # --cases filters by dtype
+EAGER_BACKEND_MAX_EXPONENT_CUDA = 24     # the oracle's int64 temporaries: 2^28 would take ~20 GiB
+
+
+def sizes(device: torch.device, quick: bool, smoke: bool = False) -> list[int]:
+    """Exponents of the element counts to run (quick keeps issue 15's 2^26 and 2^28 on CUDA)."""
     if device.type == "cuda":
-        return [16, 20, 24, 26] if quick else list(range(14, 29, 2))
-    return [14, 18, 22] if quick else list(range(14, 25, 2))
+        return [16] if smoke else [16, 20, 24, 26, 28] if quick else list(range(14, 29, 2))
+    return [14] if smoke else [14, 18, 22] if quick else list(range(14, 25, 2))
 
 
 def eager_update(x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,15 +114,18 @@ def build_case(exponent: int, dtype: torch.dtype, device: torch.device, quick: b
         Variant("eager", lambda i: eager_update(xs[i], gs[i]), lambda: eager_update(*check_input, noise_check),
                 note="x - a*g + s*randn_like(x), clamp"),
         Variant("compile", lambda i: compiled_update(xs[i], gs[i]),
-                lambda: compiled_update(*check_input, noise_check),
+                lambda: compiled_update(*check_input, noise_check), compiled=True,
                 note="torch.compile(eager, dynamic=False); compile time separate"),
     ]
     for backend in ("cpp", "cuda", "triton", "eager"):
         reason = _fused_unavailable(backend, device)
-        limit = 14 if quick else EAGER_BACKEND_MAX_EXPONENT_CPU
-        if backend == "eager" and device.type == "cpu" and exponent > limit:
-            reason = (f"the eager backend is the oracle (Philox in int64 torch ops, ~0.4 us/element on CPU), "
-                      f"timed up to 2^{limit} only{' in --quick' if quick else ''}")
+        if device.type == "cpu":
+            limit = 14 if quick else EAGER_BACKEND_MAX_EXPONENT_CPU
+        else:
+            limit = EAGER_BACKEND_MAX_EXPONENT_CUDA
+        if backend == "eager" and exponent > limit and not reason:
+            reason = (f"the eager backend is the oracle (Philox in int64 torch ops), timed up to 2^{limit} "
+                      f"only{' in --quick' if quick and device.type == 'cpu' else ''}")
         if reason:
             variants.append(Variant(f"fused[{backend}]", unavailable=reason))
         else:
@@ -123,38 +134,58 @@ def build_case(exponent: int, dtype: torch.dtype, device: torch.device, quick: b
     return variants, reference, n_inputs, numel
 
 
-def copy_bandwidth(device: torch.device, quick: bool) -> float | None:
-    """Device-to-device copy bandwidth in GB/s (bytes read + written), measured now."""
-    if device.type != "cuda":
-        return None
-    numel = 2 ** (26 if quick else 28)
-    src = torch.empty(numel, dtype=torch.float32, device=device).normal_()
+def copy_bandwidth(device: torch.device, quick: bool, smoke: bool = False) -> float:
+    """Copy bandwidth in GB/s (bytes read + written), measured now with the suite's device timer.
+
+    CUDA: a device-to-device copy of 2^28 floats (1 GiB, far beyond L2). CPU: a memory-to-memory
+    copy of 2^25 floats (128 MiB, beyond the last-level caches of the machines we run on) with
+    the current thread count.
+    """
+    if smoke:
+        exponent = 20
+    else:
+        exponent = 28 if device.type == "cuda" else 25 if not quick else 24
+    src = torch.empty(2 ** exponent, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    timing = common.measure(lambda i: dst.copy_(src), 1, device)
-    return 2 * src.numel() * src.element_size() / timing["median_s"] / 1e9
+    timing = common.measure(lambda i: dst.copy_(src), 1, device, timer="device")
+    seconds = timing.get("device_s") or timing["median_s"]
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
 def run_suite(device: torch.device, *, quick: bool, check: bool = True, repeats: int = common.MIN_REPEATS,
-              progress=print) -> dict:
-    """Run every (size, dtype) case; returns {"rows": [...], "meta": {...}}."""
-    copy_gbps = copy_bandwidth(device, quick)
+              cases=None, smoke: bool = False, progress=print, on_rows=None) -> dict:
+    """Run every (size, dtype) case; returns {"rows": [...], "meta": {...}}.
+
+    cases: dtype names of DTYPES (default both); smoke: one small size (code paths, not timings);
+    on_rows(rows): called with the rows so far after each case (partial results).
+    """
+    if smoke:
+        repeats = common.SMOKE_REPEATS
+    copy_gbps = copy_bandwidth(device, quick, smoke)
+    progress(f"[step] copy bandwidth {copy_gbps:.1f} GB/s")
     rows = []
-    for exponent in sizes(device, quick):
-        for dtype_name, dtype in DTYPES.items():
+    for exponent in sizes(device, quick, smoke):
+        for dtype_name in cases or DTYPES:
+            dtype = DTYPES[dtype_name]
             case = f"2^{exponent} {dtype_name}"
             progress(f"[step] {case}")
             variants, reference, n_inputs, numel = build_case(exponent, dtype, device, quick)
             case_rows = common.run_case("step", case, variants, reference, device, n_inputs,
                                         tol=common.tolerance(dtype), repeats=repeats, check=check,
-                                        min_sample_s=2e-3 if device.type == "cpu" else 1e-3)
+                                        min_sample_s=2e-3 if device.type == "cpu" else 1e-3, timer="device",
+                                        min_repeats=common.SMOKE_REPEATS if smoke else common.MIN_REPEATS)
             moved = 3 * numel * torch.finfo(dtype).bits // 8     # read x, read grad, write y
             for row in case_rows:
                 row.extra.update(numel=numel, dtype=dtype_name, bytes=moved, inputs_rotated=n_inputs)
-                if row.median_s:
-                    row.gbps = moved / row.median_s / 1e9
-                    if copy_gbps:
-                        row.pct_copy = 100.0 * row.gbps / copy_gbps
+                if row.device_s:
+                    row.gbps = moved / row.device_s / 1e9
+                    row.pct_copy = 100.0 * row.gbps / copy_gbps
             rows.extend(case_rows)
             del variants, reference
-    return {"rows": rows, "meta": {"copy_bandwidth_gbps": copy_gbps, "step_size": STEP_SIZE,
-                                   "noise_scale": NOISE_SCALE, "clamp": CLAMP, "seed": SEED}}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if on_rows is not None:
+                on_rows(rows)
+    timer = "CUDA events per call behind a spin kernel" if device.type == "cuda" else "wall clock (perf_counter)"
+    return {"rows": rows, "meta": {"copy_bandwidth_gbps": copy_gbps, "device_timer": timer,
+                                   "step_size": STEP_SIZE, "noise_scale": NOISE_SCALE, "clamp": CLAMP, "seed": SEED}}

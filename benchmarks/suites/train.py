@@ -1,91 +1,253 @@
-"""Train suite: one dual-MCMC training iteration (Trainer.step), fused vs eager update.
+"""Train suite: one dual-MCMC training iteration (Method.train_step on a fixed batch).
 
-"eager" runs the same trainer with the chains' fused op replaced by the update as EBM code
-writes it (x - a*(g + lam*x) + s*randn_like(x), clamp): the difference between the rows is
-what fusing the update saves in a real iteration. The two draw different noise, so this suite
+Cases: toy2d (the preset: batch 256, 20 data-chain and 10 latent-chain steps, MLPs), cifar10
+(the cifar10 preset's models and chains on random 3x32x32 batches: the shape of a real
+iteration without the data set, divergence guard off; on CPU shrunk to batch 4 and 2 + 2 chain
+steps and left out of --quick) and, without --quick, digits.
+Variants (speedups are against eager-op):
+  eager-op        the trainer with the chains' fused op swapped for the update as EBM code
+                  writes it (x - a*(g + lam*x) + s*randn_like(x), clamp); checked to be in use;
+  fused           the trainer as shipped (default backend);
+  compile         TrainConfig(compile=True): compiled chains (skipped while the field is absent);
+  graph           TrainConfig(capture_graph=True) (CUDA; skipped while the field is absent);
+  compile+graph   both (CUDA);
+  bf16 autocast   fused under torch.autocast(bfloat16) (CUDA).
+The variants draw different noise and their models drift apart as they train, so this suite
 reports timings only; agreement of fused and eager chains is checked by the chain suite.
-Skipped with the reason when the trainer (langevin_kernels.train) is not importable.
 """
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import dataclasses
+import importlib
+import sys
 
+import numpy as np
 import torch
+
+import langevin_kernels as lk
 
 from . import common
 from .common import Variant
 
+CASES = ("toy2d", "cifar10", "digits")
+N_BATCHES = 4
+# The cifar10 preset's models take seconds per chain step on 2 CPU cores: on CPU the case is
+# shrunk, and left out of --quick (ask for it with --cases cifar10).
+CPU_CIFAR = dict(batch_size=4, x_steps=2, z_steps=2)
+SMOKE = dict(x_steps=1, z_steps=1)
+SMOKE_CPU_CIFAR = dict(batch_size=2)
+# Random batches are far from anything the EBM has seen: with the preset's temperature
+# T = (1e-3 / 0.5)^2 = 4e-6 the contrast (E_data - E_neg) / T passes the divergence guard's 1e4 at
+# the first iteration. The suite times iterations, it does not train: the guard is turned off.
+RANDOM_DATA = dict(max_energy_loss=float("inf"))
 
-def _eager_update(x, grad, *, step_size, noise_scale, seed=0, offset=0, prior_weight=0.0, clamp=None,
-                  noise=None, rng_state=None):
-    """Out-of-place eager update with the op's keyword signature (seed/offset unused: torch RNG)."""
-    if noise is None:
-        noise = torch.randn_like(x)
-    y = x - step_size * (grad + prior_weight * x) + noise_scale * noise if prior_weight else \
-        x - step_size * grad + noise_scale * noise
-    if clamp is not None:
-        y = torch.clamp(y, clamp[0], clamp[1])
-    return y
+
+# ----------------------------------------------------------------------------- the eager-op swap
+
+class EagerUpdate:
+    """The update as EBM code writes it, with the fused op's keyword signature; counts its calls.
+
+    seed/offset/rng_state are accepted and ignored (the noise is torch's randn_like).
+    """
+
+    def __init__(self):
+        self.calls = 0
+
+    def out_of_place(self, x, grad, *, step_size, noise_scale, prior_weight=0.0, clamp=None, noise=None, **_):
+        self.calls += 1
+        if noise is None:
+            noise = torch.randn_like(x)
+        drift = grad + prior_weight * x if prior_weight else grad
+        y = x - step_size * drift + noise_scale * noise
+        if clamp is not None:
+            lo, hi = clamp
+            y = torch.clamp(y, lo, hi)
+        return y
+
+    def in_place(self, x, grad, **kwargs):
+        return x.copy_(self.out_of_place(x, grad, **kwargs))
 
 
-def _eager_update_(x, grad, **kwargs):
-    return x.copy_(_eager_update(x, grad, **kwargs))
+def _modules_calling_the_op() -> list:
+    """Loaded chain modules that hold lk.langevin_step / langevin_step_ as module attributes."""
+    importlib.import_module("langevin_kernels.chains")
+    found = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("langevin_kernels.chains"):
+            continue
+        if getattr(module, "langevin_step", None) is lk.langevin_step or \
+                getattr(module, "langevin_step_", None) is lk.langevin_step_:
+            found.append(module)
+    return found
 
 
 @contextlib.contextmanager
-def eager_chains():
-    """Swap the chains' fused op for the eager update while the block runs."""
-    from langevin_kernels import chains
-    saved = chains.langevin_step, chains.langevin_step_
-    chains.langevin_step, chains.langevin_step_ = _eager_update, _eager_update_
+def eager_chains(update: EagerUpdate):
+    """Swap the chains' fused op for `update` while the block runs (module attributes)."""
+    modules = _modules_calling_the_op()
+    saved = [(m, m.__dict__.get("langevin_step"), m.__dict__.get("langevin_step_")) for m in modules]
+    for module in modules:
+        if "langevin_step" in module.__dict__:
+            module.langevin_step = update.out_of_place
+        if "langevin_step_" in module.__dict__:
+            module.langevin_step_ = update.in_place
     try:
         yield
     finally:
-        chains.langevin_step, chains.langevin_step_ = saved
+        for module, step, step_ in saved:
+            if step is not None:
+                module.langevin_step = step
+            if step_ is not None:
+                module.langevin_step_ = step_
 
+
+# ----------------------------------------------------------------------------- trainers
 
 def trainer_unavailable() -> str | None:
+    """None when the training layer imports, else why not."""
     try:
         from langevin_kernels.train.config import preset  # noqa: F401
-        from langevin_kernels.train.trainer import Trainer  # noqa: F401
-        from langevin_kernels import chains  # noqa: F401
-    except Exception as exc:  # noqa: BLE001  (absent or half-written: either way, skip with the reason)
-        return f"the trainer (langevin_kernels.train) is not importable yet: {type(exc).__name__}: {exc}"
+        from langevin_kernels.train.methods import build_method  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (absent or broken: either way, skip with the reason)
+        return f"the training layer (langevin_kernels.train) does not import: {type(exc).__name__}: {exc}"
     return None
 
 
-def _trainer(config: str, device, out_dir: str):
+def _config_fields() -> set[str]:
+    from langevin_kernels.train.config import TrainConfig
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def case_config(case: str, device: torch.device, *, smoke: bool, **options):
+    """The case's TrainConfig (CPU-sized for cifar10 on CPU), with `options` as field overrides."""
     from langevin_kernels.train.config import preset
-    from langevin_kernels.train.trainer import Trainer
-    return Trainer(preset(config, device=str(device)), out_dir, progress=False)
+    overrides = dict(device=str(device))
+    if case == "cifar10":
+        overrides.update(RANDOM_DATA)
+        if device.type == "cpu":
+            overrides.update(CPU_CIFAR, **(SMOKE_CPU_CIFAR if smoke else {}))
+    if smoke:
+        overrides.update(SMOKE)
+    return preset(case, **overrides, **options)
+
+
+def case_label(case: str, device: torch.device, smoke: bool) -> str:
+    cfg = case_config(case, device, smoke=smoke)
+    shape = "3x32x32 random batches" if case == "cifar10" else cfg.dataset
+    return f"{case} dual iteration (batch {cfg.batch_size}, {cfg.x_steps}+{cfg.z_steps} steps, {shape})"
+
+
+def batches(case: str, cfg, device: torch.device) -> list[torch.Tensor]:
+    """N_BATCHES fixed training batches of the case's data shape."""
+    if case == "toy2d":
+        from langevin_kernels.train.data import toy_dataset
+        rng = np.random.default_rng(0)
+        toy = toy_dataset(cfg.dataset)
+        return [torch.as_tensor(toy.sample(cfg.batch_size, rng), dtype=torch.float32).to(device)
+                for _ in range(N_BATCHES)]
+    if case == "digits":
+        from langevin_kernels.train.data import load_digits_split
+        data = load_digits_split().train_x
+        return [data[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device) for i in range(N_BATCHES)]
+    gen = torch.Generator(device=device).manual_seed(0)
+    return [torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen, device=device) * 2 - 1
+            for _ in range(N_BATCHES)]
+
+
+def _method(cfg, sample_shape):
+    from langevin_kernels.train.methods import build_method
+    torch.manual_seed(cfg.seed)         # every variant starts from the same models
+    return build_method(cfg, cfg.device, sample_shape)
+
+
+def _variant(name: str, case: str, device, data, *, smoke: bool, options: dict | None = None,
+             context=contextlib.nullcontext, note: str = "", compiled: bool = False) -> Variant:
+    """One trainer variant; an option TrainConfig lacks (or refuses) makes it a skip with the reason."""
+    options = options or {}
+    missing = sorted(set(options) - _config_fields())
+    if missing:
+        return Variant(name, unavailable=f"TrainConfig has no {', '.join(missing)} field in this build")
+    try:
+        cfg = case_config(case, device, smoke=smoke, **options)
+        method = _method(cfg, tuple(data[0].shape[1:]))
+    except (TypeError, ValueError) as exc:
+        return Variant(name, unavailable=f"TrainConfig({options}) is refused: {type(exc).__name__}: {exc}")
+    return Variant(name, lambda i: method.train_step(data[i % len(data)]), context=context, note=note,
+                   compiled=compiled)
+
+
+def _eager_op_variant(case: str, device, data, *, smoke: bool) -> Variant:
+    update = EagerUpdate()
+    if not _modules_calling_the_op():
+        return Variant("eager-op", unavailable="the chains do not call lk.langevin_step[_] through a module "
+                       "attribute of langevin_kernels.chains, so the eager update cannot be swapped in")
+    variant = _variant("eager-op", case, device, data, smoke=smoke, context=lambda: eager_chains(update),
+                       note="chains' op swapped for x - a*(g + lam*x) + s*randn_like(x)")
+    if variant.unavailable:
+        return variant
+    train_step = variant.run
+
+    def run(i):
+        before = update.calls
+        out = train_step(i)
+        if update.calls == before:     # the swap did not reach the chains: the row would lie
+            raise RuntimeError("the chains did not call the swapped-in eager update")
+        return out
+
+    variant.run = run
+    return variant
+
+
+def _autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def build_variants(case: str, device, data, *, smoke: bool) -> list[Variant]:
+    on_cuda = device.type == "cuda"
+    variants = [_eager_op_variant(case, device, data, smoke=smoke),
+                _variant("fused", case, device, data, smoke=smoke, note="Method.train_step, default backend"),
+                _variant("compile", case, device, data, smoke=smoke, options={"compile": True}, compiled=True,
+                         note="TrainConfig(compile=True)")]
+    if on_cuda:
+        variants += [_variant("graph", case, device, data, smoke=smoke, options={"capture_graph": True},
+                              note="TrainConfig(capture_graph=True)"),
+                     _variant("compile+graph", case, device, data, smoke=smoke, compiled=True,
+                              options={"compile": True, "capture_graph": True},
+                              note="TrainConfig(compile=True, capture_graph=True)"),
+                     _variant("bf16 autocast", case, device, data, smoke=smoke, context=_autocast,
+                              note="fused, train_step under torch.autocast('cuda', bfloat16)")]
+    else:
+        variants += [Variant("graph", unavailable="CUDA graphs need a CUDA device"),
+                     Variant("bf16 autocast", unavailable="the bf16 autocast variant is timed on CUDA only")]
+    return variants
 
 
 def run_suite(device: torch.device, *, quick: bool, check: bool = True, repeats: int = common.MIN_REPEATS,
-              progress=print) -> dict:
-    configs = ["toy2d"] if quick else ["toy2d", "digits"]
+              cases=None, smoke: bool = False, progress=print, on_rows=None) -> dict:
+    """Time one training iteration per case and variant; returns {"rows": [...], "meta": {...}}."""
+    if smoke:
+        repeats = common.SMOKE_REPEATS
+    if not cases:
+        cases = CASES if not quick else ("toy2d", "cifar10") if device.type == "cuda" or smoke else ("toy2d",)
+    cases = list(cases)
     reason = trainer_unavailable()
     rows = []
-    for config in configs:
-        case = f"{config} iteration"
-        progress(f"[train] {case}")
+    for case in cases:
         if reason:
-            rows.append(common.Row("train", case, "fused", unavailable=reason))
-            rows.append(common.Row("train", case, "eager", unavailable=reason))
+            rows.append(common.Row("train", f"{case} iteration", "fused", unavailable=common.skipped(reason)))
             continue
-        with tempfile.TemporaryDirectory() as out_dir:
-            try:
-                trainers = {"eager": _trainer(config, device, out_dir + "/eager"),
-                            "fused": _trainer(config, device, out_dir + "/fused")}
-            except Exception as exc:  # noqa: BLE001
-                rows.append(common.Row("train", case, "fused", unavailable=f"failed: {type(exc).__name__}: {exc}"))
-                continue
-            variants = [
-                Variant("eager", lambda i: trainers["eager"].step(), context=eager_chains,
-                        note="chains' op swapped for x - a*(g + lam*x) + s*randn_like(x)"),
-                Variant("fused", lambda i: trainers["fused"].step(), note="Trainer.step(), default backend"),
-            ]
-            rows.extend(common.run_case("train", case, variants, None, device, 1, tol=0.0, repeats=repeats,
-                                        check=False, min_sample_s=1e-3))
-    return {"rows": rows, "meta": {"configs": configs}}
-
+        label = case_label(case, device, smoke)
+        progress(f"[train] {label}")
+        data = batches(case, case_config(case, device, smoke=smoke), device)
+        case_rows = common.run_case("train", label, build_variants(case, device, data, smoke=smoke), None, device,
+                                    len(data), tol=0.0, repeats=repeats, check=False, min_sample_s=1e-3,
+                                    baseline="eager-op",
+                                    min_repeats=common.SMOKE_REPEATS if smoke else common.MIN_REPEATS)
+        for row in case_rows:
+            row.extra.update(case=case)
+        rows.extend(case_rows)
+        if on_rows is not None:
+            on_rows(rows)
+    configs = {case: case_config(case, device, smoke=smoke).to_dict() for case in cases} if not reason else {}
+    return {"rows": rows, "meta": {"cases": cases, "configs": configs}}

@@ -8,7 +8,7 @@ results, independent of the thread count, and equal to the float32 formula:
   - explicit-noise updates of every float16/bfloat16 bit pattern against torch's own
     float32 arithmetic and rounding (the kernel rounds 16-bit results by hand);
   - each path's noise against the float64 reference stream.
-No timing here: speed is measured by benchmarks/cpu_kernel_probe.py.
+No timing here: speed is measured by the step suite (python -m benchmarks.run --suite step).
 """
 import pytest
 import torch

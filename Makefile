@@ -38,10 +38,12 @@ test: build
 demo: build
 	$(PY) -m langevin_kernels.train.demo --out runs/demo
 
-# The peer library is optional (pip extra "bench"); it does not change torch.
+# The peers are optional (torchebm: pip extra "bench"; jax: its CPU wheels); neither changes torch.
+# Results go to runs/bench/; add BENCH_ARGS=--update-results to refresh benchmarks/results/.
+BENCH_ARGS ?=
 bench: build
-	$(PY) -m pip install "torchebm>=0.8,<0.9"
-	$(PY) -m benchmarks.run --suite all --quick --device cpu
+	$(PY) -m pip install "torchebm>=0.8,<0.9" jax
+	$(PY) -m benchmarks.run --suite all --quick --device cpu $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info langevin_kernels/_C*.so

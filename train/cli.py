@@ -25,29 +25,48 @@ from .data import DataRootError, TOY_DATASETS
 from .rundir import claim_run_directory, remove_run_outputs
 
 
+def _preset_defaults(field: str) -> str:
+    """"default by preset: toy2d 2000, digits 2000, ..." for an option the preset fills in."""
+    values = {name: getattr(make(), field) for name, make in PRESETS.items()}
+    return "default by preset: " + ", ".join(f"{k} {v}" for k, v in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="langevin-train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="toy2d", choices=list(PRESETS))
+    p = argparse.ArgumentParser(prog="langevin-train", description=__doc__.split("\n")[0].replace("``", ""),
+                                epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="toy2d", choices=list(PRESETS),
+                   help="preset: model sizes, chain settings and learning rates (default: toy2d)")
     p.add_argument("--dataset", default=None,
                    help=f"toy2d: one of {', '.join(TOY_DATASETS)}; image configs: cifar10, celeba64, svhn, "
-                        "mnist, imagefolder")
-    p.add_argument("--method", default="dual", choices=list(METHODS))
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--out", required=True, help="run directory (config.json, metrics.json, PNGs, checkpoint.pt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); under torchrun the rank's GPU")
+                        f"mnist, imagefolder ({_preset_defaults('dataset')})")
+    p.add_argument("--method", default="dual", choices=list(METHODS),
+                   help="dual-MCMC teaching or a baseline (default: dual)")
+    p.add_argument("--iters", type=int, default=None, help=f"training iterations ({_preset_defaults('iters')})")
+    p.add_argument("--out", required=True,
+                   help="run directory: config.json, metrics.json, losses.csv, plots, checkpoint.pt (required)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); under torchrun the rank's GPU (default: cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run already in --out (checkpoint, metrics, plots) and start over")
-    p.add_argument("--data-root", default=None, help="local folder of an image data set")
+    p.add_argument("--data-root", default=None,
+                   help="local folder of an image data set (default: none; ./data with --download)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the image data set")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--n-eval", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"data points per iteration, per rank under torchrun ({_preset_defaults('batch_size')})")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"iterations between evaluations ({_preset_defaults('eval_every')})")
+    p.add_argument("--ckpt-every", type=int, default=None,
+                   help=f"iterations between checkpoints ({_preset_defaults('ckpt_every')})")
+    p.add_argument("--n-eval", type=int, default=None,
+                   help=f"samples per evaluation ({_preset_defaults('n_eval')})")
+    p.add_argument("--fid-weights", default=None, metavar="PATH",
+                   help="image configs: a local TorchScript Inception feature network for FID (see train/fid.py); "
+                        "default: none, FID skipped and metrics.json says why")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads on the CPU (default: torch's choice, all cores)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; one line per evaluation instead (for logs)")
     return p
 
 
@@ -88,7 +107,8 @@ def main(argv=None) -> int:
 
             def start():
                 trainer = Trainer(cfg, args.out, data_root=args.data_root, download=args.download,
-                                  progress=not args.no_progress, rank=rank, world_size=world, wrap=wrap)
+                                  progress=not args.no_progress, rank=rank, world_size=world, wrap=wrap,
+                                  fid_weights=args.fid_weights)
                 return trainer, args.resume and trainer.resume()
 
             trainer, resumed = on_all_ranks(start)

@@ -89,7 +89,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = _renamed_keys(d)
+        """The config of a dict such as config.json (its "run" entry, the provenance, is ignored)."""
+        d = _renamed_keys({k: v for k, v in d.items() if k != "run"})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -120,9 +120,9 @@ class TensorSource:
 
     def batch(self, n: int) -> torch.Tensor:
         idx = torch.randint(0, len(self.data), (n,), generator=self.gen)
-        return self._get(idx)
+        return self.get(idx)
 
-    def _get(self, idx):
+    def get(self, idx):
         return self.data[idx]
 
     def state_dict(self) -> dict:
@@ -140,7 +140,7 @@ class DatasetSource(TensorSource):
         super().__init__(torch.empty(len(dataset), 0), seed, rank)
         self.shape = tuple(dataset[0][0].shape)
 
-    def _get(self, idx):
+    def get(self, idx):
         return torch.stack([self.dataset[int(i)][0] for i in idx])
 
 
@@ -159,11 +159,31 @@ def make_source(cfg: TrainConfig, rank: int = 0, data_root: str | None = None, d
 
 # ----------------------------------------------------------------------------- evaluation
 
-class Evaluator:
-    """Computes the config's metrics and writes plots for one method."""
+#: Panel titles of the sample plots: what each kind of sample is.
+SAMPLE_TITLES = {"generator": "generator g(z), z ~ N(0, I)", "ebm": "EBM: Langevin chain samples",
+                 "reconstruction": "reconstruction (top: test digits, bottom: g(z~))"}
+GRID_IMAGES = 64       # images per panel of a sample grid (8 x 8)
+FID_CHUNK = 500        # evaluation samples drawn (and featurised) per chain run
 
-    def __init__(self, cfg: TrainConfig, out_dir: str, device):
-        self.cfg, self.out_dir, self.device = cfg, out_dir, device
+
+class Evaluator:
+    """Computes the config's metrics and writes plots for one method.
+
+    Image configs: a sample grid (generator and EBM chain) at every evaluation; FID when a feature
+    network is given (``fid_weights``, see train/fid.py), otherwise FID is skipped with the reason.
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, device, source=None, fid_weights: str | None = None):
+        self.cfg, self.out_dir, self.device, self.source = cfg, out_dir, device, source
+        self.fid = None
+        self._real_features = None
+        if fid_weights is not None and cfg.config in ("toy2d", "digits"):
+            raise ValueError(f"--fid-weights is for image configs; config={cfg.config!r} reports "
+                             f"{'grid KL, MMD and modes' if cfg.config == 'toy2d' else 'a digits-classifier Frechet distance'}"
+                             " instead")
+        if fid_weights is not None:
+            from .fid import FeatureExtractor
+            self.fid = FeatureExtractor(fid_weights, cfg.image_size, device)
         if cfg.config == "toy2d":
             self.toy = toy_dataset(cfg.dataset)
             self.grid, self.area = M.toy_grid(self.toy.bounds, cfg.grid_n)
@@ -180,7 +200,38 @@ class Evaluator:
             return self._toy(method, iteration)
         if self.cfg.config == "digits":
             return self._digits(method, iteration)
-        return {"fid": None, "fid_skipped": "FID needs Inception weights supplied locally; not computed"}
+        return self._images(method, iteration)
+
+    def _images(self, method: Method, iteration: int) -> dict:
+        """Sample grid of every kind; FID of cfg.n_eval samples per kind against as many data images."""
+        n = self.cfg.n_eval if self.fid else GRID_IMAGES
+        grids, features = {}, {}
+        for i, start in enumerate(range(0, n, FID_CHUNK)):
+            samples = method.sample(min(FID_CHUNK, n - start), EVAL_SEED + i)
+            for kind, x in samples.items():
+                x = x.detach()
+                if i == 0:
+                    grids[kind] = x[:GRID_IMAGES].cpu()
+                if self.fid:
+                    features.setdefault(kind, []).append(self.fid.features(x.clamp(-1, 1)))
+        self._plot_images(grids, iteration)
+        if not self.fid:
+            return {"fid": None, "fid_skipped": "no --fid-weights: FID needs an Inception feature network "
+                                                "supplied as a local file (see train/fid.py); not computed"}
+        real = self._real()
+        out = {f"fid_{kind}": self.fid.fid(real, torch.cat(f)) for kind, f in features.items()}
+        out["fid_n"] = n
+        return out
+
+    def _real(self) -> torch.Tensor:
+        """Features of min(n_eval, data set size) data images (a fixed-seed subset), computed once."""
+        if self._real_features is None:
+            size = self.source.size
+            gen = torch.Generator().manual_seed(EVAL_SEED)
+            idx = torch.randperm(size, generator=gen)[:min(self.cfg.n_eval, size)]
+            feats = [self.fid.features(self.source.get(idx[i:i + FID_CHUNK])) for i in range(0, len(idx), FID_CHUNK)]
+            self._real_features = torch.cat(feats)
+        return self._real_features
 
     def _toy(self, method: Method, iteration: int) -> dict:
         energy = M.energy_on_grid(method.models["energy"], self.grid, self.device)
@@ -204,7 +255,7 @@ class Evaluator:
             recon = method.reconstruct(test, EVAL_SEED).cpu()
             out["recon_mse"] = M.reconstruction_mse(self.digits.test_x, recon)
             images["reconstruction"] = torch.cat([self.digits.test_x[:32], recon[:32]])
-        self._plot_digits(images, iteration)
+        self._plot_digits(images, iteration, out)
         return out
 
     def _plot_toy(self, energy, samples, temperature, iteration):
@@ -229,13 +280,14 @@ class Evaluator:
         fig.savefig(os.path.join(self.out_dir, "density.png"), dpi=80)
         plt.close(fig)
 
-    def _plot_digits(self, images, iteration):
+    def _plot_digits(self, images, iteration, metrics=None):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4))
-        for ax, (title, x) in zip(np.atleast_1d(axes), images.items()):
+        metrics = metrics or {}
+        fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4.8))
+        for ax, (kind, x) in zip(np.atleast_1d(axes), images.items()):
             x = x.detach().cpu().clamp(-1, 1)[:64]
             rows = int(math.ceil(len(x) / 8))
             grid = torch.ones(rows * 9, 8 * 9)
@@ -243,7 +295,40 @@ class Evaluator:
                 r, c = divmod(i, 8)
                 grid[r * 9:r * 9 + 8, c * 9:c * 9 + 8] = img[0]
             ax.imshow(grid.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-            ax.set_title(f"{title}, iter {iteration}"), ax.axis("off")
+            score = metrics.get(f"frechet_{kind}", metrics.get("recon_mse") if kind == "reconstruction" else None)
+            label = "Frechet distance" if kind != "reconstruction" else "MSE per pixel"
+            ax.set_title(SAMPLE_TITLES.get(kind, kind) + (f"\n{label} {score:.4g}" if score is not None else ""),
+                         fontsize=10)
+            ax.set_xticks([])
+            if kind == "reconstruction":  # which rows are data and which are reconstructions
+                ax.set_yticks([rows * 9 / 4, rows * 9 * 3 / 4], ["test digits", "reconstructed"], fontsize=9)
+            else:
+                ax.set_yticks([])
+        fig.suptitle(f"digits, method {self.cfg.method}, iteration {iteration}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.out_dir, f"samples_{iteration:07d}.png"), dpi=80)
+        fig.savefig(os.path.join(self.out_dir, "samples.png"), dpi=80)
+        plt.close(fig)
+
+    def _plot_images(self, images, iteration):
+        """One 8 x 8 grid per kind of sample (images in [-1, 1] shown in [0, 1])."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5.4))
+        for ax, (kind, x) in zip(np.atleast_1d(axes), images.items()):
+            x = (x.float().clamp(-1, 1) + 1) / 2
+            n, c, h, w = x.shape
+            rows = int(math.ceil(n / 8))
+            grid = torch.ones(3, rows * (h + 2), 8 * (w + 2))
+            for i, img in enumerate(x):
+                r, col = divmod(i, 8)
+                grid[:, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = img.expand(3, h, w)
+            ax.imshow(grid.permute(1, 2, 0).numpy())
+            ax.set_title(SAMPLE_TITLES.get(kind, kind), fontsize=10)
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.suptitle(f"{self.cfg.dataset}, method {self.cfg.method}, iteration {iteration}")
         fig.tight_layout()
         fig.savefig(os.path.join(self.out_dir, f"samples_{iteration:07d}.png"), dpi=80)
         fig.savefig(os.path.join(self.out_dir, "samples.png"), dpi=80)
@@ -457,7 +542,8 @@ class Trainer:
     """Runs cfg.iters iterations of cfg.method, evaluating and checkpointing periodically."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str, *, data_root: str | None = None, download: bool = False,
-                 progress: bool = True, rank: int = 0, world_size: int = 1, wrap=None):
+                 progress: bool = True, rank: int = 0, world_size: int = 1, wrap=None,
+                 fid_weights: str | None = None):
         self.cfg, self.out_dir = cfg, out_dir
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(cfg.device)
@@ -473,7 +559,8 @@ class Trainer:
         random.seed(cfg.seed + rank)
         self.source = make_source(cfg, rank, data_root, download)
         self.method = build_method(cfg, self.device, self.source.shape, rank, wrap)
-        self.evaluator = Evaluator(cfg, out_dir, self.device) if rank == 0 else None
+        self.evaluator = Evaluator(cfg, out_dir, self.device, self.source, fid_weights) if rank == 0 else None
+        self.loss_log = LossLog(os.path.join(out_dir, LOSSES_CSV)) if rank == 0 else None
         self.iteration = 0
         self.saved_iteration: int | None = None  # iteration of the checkpoint this run wrote or resumed
         self.history: list[dict] = []
@@ -549,6 +636,10 @@ class Trainer:
                 sched.step()
         return losses
 
+    def learning_rates(self) -> dict[str, float]:
+        """{"lr_energy": ..., ...}: the current learning rate of each model the method trains."""
+        return {f"lr_{name}": float(opt.param_groups[0]["lr"]) for name, opt in self.method.optimizers.items()}
+
     def _what_is_saved(self) -> str:
         """What a diverged run leaves on disk, as it is."""
         if self.saved_iteration is not None:
@@ -565,7 +656,12 @@ class Trainer:
         entry["losses"] = self.last_losses
         self.history.append(entry)
         _write_json(self.history, os.path.join(self.out_dir, "metrics.json"))
+        self._say(evaluation_line(entry, self.cfg.iters))
         return entry
+
+    def _say(self, line: str) -> None:
+        """A line on stdout that does not tear the progress bar."""
+        (getattr(self, "_bar", None) or _NoBar()).write(line)
 
     def train(self) -> list[dict]:
         """Run to cfg.iters; evaluate/checkpoint every eval_every/ckpt_every and at the end.
@@ -575,11 +671,16 @@ class Trainer:
         """
         with _StopSignals(announce=self.rank == 0) as signals:
             if self.rank == 0:
-                _write_json(self.cfg.to_dict(), os.path.join(self.out_dir, "config.json"))
-            bar = _progress(self.cfg.iters, self.iteration, self.progress)
+                _write_json({**self.cfg.to_dict(), "run": run_provenance()}, os.path.join(self.out_dir, "config.json"))
+                self.loss_log.start(self.iteration)
+            bar = self._bar = _progress(self.cfg.iters, self.iteration, self.progress)
             try:
                 while self.iteration < self.cfg.iters:
+                    started = time.perf_counter()
                     self.last_losses = self.step()
+                    if self.rank == 0:
+                        self.loss_log.write(self.iteration, self.last_losses, self.learning_rates(),
+                                            time.perf_counter() - started)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in self.last_losses.items() if k.startswith("loss")})
                     last = self.iteration == self.cfg.iters
@@ -603,7 +704,88 @@ def _plain_numbers(metrics: dict) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in metrics.items()}
 
 
+LOSSES_CSV = "losses.csv"
+
+
+class LossLog:
+    """<run>/losses.csv: one row per iteration (iteration, each loss, learning rates, seconds).
+
+    Rows are appended and flushed as training goes. ``start(iteration)`` keeps only the rows up
+    to the iteration training starts from (a resumed run redoes the iterations after its
+    checkpoint, so their earlier rows are dropped and each iteration appears once).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.columns: list[str] | None = None
+
+    def start(self, iteration: int) -> None:
+        import csv
+
+        rows, self.columns = [], None
+        if iteration > 0 and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                reader = csv.reader(f)
+                self.columns = next(reader, None)
+                rows = [r for r in reader if r and r[0].isdigit() and int(r[0]) <= iteration]
+        lines = ([",".join(self.columns)] if self.columns else []) + [",".join(r) for r in rows]
+        _atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
+
+    def write(self, iteration: int, losses: dict, lrs: dict, seconds: float) -> None:
+        values = {"iteration": iteration, **losses, **lrs, "seconds": seconds}
+        new_file = self.columns is None
+        if new_file:
+            self.columns = list(values)
+        with open(self.path, "a") as f:
+            if new_file:
+                f.write(",".join(self.columns) + "\n")
+            f.write(",".join(_csv_number(values.get(c, "")) for c in self.columns) + "\n")
+
+
+def _csv_number(v) -> str:
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def run_provenance() -> dict:
+    """What produced a run: package and torch versions, the git commit of the source (None outside a
+    git checkout) and whether it had uncommitted changes, the command line, the start time."""
+    import subprocess
+    import sys
+
+    import langevin_kernels
+
+    source = os.path.dirname(os.path.dirname(os.path.abspath(langevin_kernels.__file__)))
+
+    def git(*args):
+        try:
+            done = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"langevin_kernels_version": langevin_kernels.__version__, "git_commit": commit,
+            "git_dirty": bool(dirty) if commit else None, "torch_version": torch.__version__,
+            "python_version": sys.version.split()[0], "argv": list(sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def evaluation_line(entry: dict, iters: int) -> str:
+    """One line summarising an evaluation (printed at every evaluation, e.g. under --no-progress)."""
+    skip = {"iteration", "losses", "eval_seconds"}
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
+             if k not in skip and not k.startswith("modes_total") and isinstance(v, (int, float))
+             and not isinstance(v, bool)]
+    losses = [f"{k} {v:.4g}" for k, v in entry.get("losses", {}).items() if k.startswith("loss")]
+    return (f"iteration {entry['iteration']}/{iters}: " + ", ".join(parts + losses)
+            + f" (evaluated in {entry.get('eval_seconds', 0):.1f} s)")
+
+
 class _NoBar:
+    def write(self, line):
+        print(line, flush=True)
+
     def update(self, n):
         pass
 

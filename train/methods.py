@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from langevin_kernels.chains import DataChain, LatentChain, NonFiniteChainError
+from langevin_kernels.losses import contrastive_divergence_loss
 
 from ..models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
                       GeneratorMLP, ResNetEnergy, SNGANGenerator, gaussian_nll, reparameterize)
@@ -162,9 +163,9 @@ class Method:
         """
         energies = self.wrapped["energy"](torch.cat([x_data, x_neg.detach()]))
         e_data, e_neg = energies[: len(x_data)], energies[len(x_data):]
-        gap = e_data.mean() - e_neg.mean()
-        loss = gap / self.temperature + self.cfg.energy_reg * (e_data.pow(2) + e_neg.pow(2)).mean()
-        value, gap_value = float(loss.detach()), float(gap.detach())
+        loss = contrastive_divergence_loss(e_data, e_neg, temperature=self.temperature,
+                                           energy_reg=self.cfg.energy_reg)
+        value, gap_value = float(loss.detach()), float((e_data.mean() - e_neg.mean()).detach())
         problem = None
         if not math.isfinite(value) or abs(gap_value) > self.cfg.max_energy_gap:
             problem = (f"energy loss L_E={value:.4g} (energy gap mean E(data) - mean E(samples)={gap_value:.4g}, "

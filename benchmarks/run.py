@@ -72,8 +72,10 @@ def markdown_table(rows: list[common.Row], suite: str) -> str:
                 cells += [_time(r.device_s), _fmt(r.gbps, ".1f"), _fmt(r.pct_copy, ".0f")]
             elif suite == "chain":
                 cells += [_fmt(r.extra.get("us_per_step"), ".1f")]
-            cells += ["-" if r.compile_s is None else f"{r.compile_s:.1f} s",
-                      (_fmt(r.max_abs_err, ".1e") + agree) if r.max_abs_err is not None else "-", r.note]
+            err = "-" if r.max_abs_err is None else _fmt(r.max_abs_err, ".1e")
+            if "p999_abs_err" in r.extra:
+                err += f" (99.9%: {_fmt(r.extra['p999_abs_err'], '.1e')})"
+            cells += ["-" if r.compile_s is None else f"{r.compile_s:.1f} s", err + agree, r.note]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

@@ -32,7 +32,8 @@ EXPLAINED = ("Triton runs CUDA tensors only", "TRITON_INTERPRET=1", "extension b
              "no CUDA device", "CUDA graphs need a CUDA device", "torchebm is not installed",
              "jax is not installed", "compiled variants are left out", "timed up to 2^",
              "extension langevin_kernels._C not built", "the cuda backend runs CUDA tensors only",
-             "is not available in this build", "TrainConfig has no", "timed on CUDA only")
+             "is not available in this build", "TrainConfig has no", "has no compile option",
+             "timed on CUDA only")
 
 
 def _assert_rows_sound(rows, *, min_samples=common.SMOKE_REPEATS):

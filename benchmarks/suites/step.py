@@ -130,7 +130,7 @@ def build_case(exponent: int, dtype: torch.dtype, device: torch.device, quick: b
             variants.append(Variant(f"fused[{backend}]", unavailable=reason))
         else:
             variants.append(_fused(backend, xs, gs, check_input))
-    variants.append(_torchebm(xs, gs, noise_check, check_input, device, dtype))
+    variants.append(common.guarded("torchebm", lambda: _torchebm(xs, gs, noise_check, check_input, device, dtype)))
     return variants, reference, n_inputs, numel
 
 

@@ -213,18 +213,19 @@ def _autocast():
 
 def build_variants(case: str, device, data, *, smoke: bool) -> list[Variant]:
     on_cuda = device.type == "cuda"
-    variants = [_eager_op_variant(case, device, data, smoke=smoke),
-                _variant("fused", case, device, data, smoke=smoke, note="Method.train_step, default backend"),
-                _variant("compile", case, device, data, smoke=smoke, options={"compile": True}, compiled=True,
-                         note="TrainConfig(compile=True)")]
+
+    def trainer(name, **kwargs):
+        return common.guarded(name, lambda: _variant(name, case, device, data, smoke=smoke, **kwargs))
+
+    variants = [common.guarded("eager-op", lambda: _eager_op_variant(case, device, data, smoke=smoke)),
+                trainer("fused", note="Method.train_step, default backend"),
+                trainer("compile", options={"compile": True}, compiled=True, note="TrainConfig(compile=True)")]
     if on_cuda:
-        variants += [_variant("graph", case, device, data, smoke=smoke, options={"capture_graph": True},
-                              note="TrainConfig(capture_graph=True)"),
-                     _variant("compile+graph", case, device, data, smoke=smoke, compiled=True,
-                              options={"compile": True, "capture_graph": True},
-                              note="TrainConfig(compile=True, capture_graph=True)"),
-                     _variant("bf16 autocast", case, device, data, smoke=smoke, context=_autocast,
-                              note="fused, train_step under torch.autocast('cuda', bfloat16)")]
+        variants += [trainer("graph", options={"capture_graph": True}, note="TrainConfig(capture_graph=True)"),
+                     trainer("compile+graph", compiled=True, options={"compile": True, "capture_graph": True},
+                             note="TrainConfig(compile=True, capture_graph=True)"),
+                     trainer("bf16 autocast", context=_autocast,
+                             note="fused, train_step under torch.autocast('cuda', bfloat16)")]
     else:
         variants += [Variant("graph", unavailable="CUDA graphs need a CUDA device"),
                      Variant("bf16 autocast", unavailable="the bf16 autocast variant is timed on CUDA only")]

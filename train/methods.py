@@ -49,6 +49,35 @@ def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
             "encoder": ConvEncoder(cfg.latent_dim, cfg.image_size)}
 
 
+def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n: float, seed: int,
+                on_nonfinite: str = "raise") -> DataChain | LatentChain:
+    """Every chain the methods run is built here (ALGORITHMS.md notation: a step
+    ``x <- x - (s^2 / 2) dE/dx + n * noise``, so step_size = s^2 / 2 and noise_scale = n).
+
+    kind "data": a DataChain on the energy ``model`` (clamp cfg.x_clamp); kind "latent": a
+    LatentChain on the generator ``model`` (sigma cfg.latent_sigma). Statistics are off (the
+    trainer does not read them). ``compile=True`` is passed only when cfg.compile is set, so chains
+    without that option keep working for every run that does not ask for it.
+    """
+    options = dict(n_steps=n_steps, step_size=s * s / 2, noise_scale=n, seed=seed, track_stats=False,
+                   on_nonfinite=on_nonfinite)
+    if cfg.compile:
+        options["compile"] = True
+    if kind == "data":
+        make, options = DataChain, dict(options, clamp=cfg.x_clamp)
+    elif kind == "latent":
+        make, options = LatentChain, dict(options, sigma=cfg.latent_sigma)
+    else:
+        raise ValueError(f"kind={kind!r} is not a chain kind; allowed: 'data', 'latent'")
+    try:
+        return make(model, **options)
+    except TypeError as err:
+        if cfg.compile and "compile" in str(err):
+            raise ValueError(f"compile=True (--compile): this langevin_kernels' {make.__name__} has no compile "
+                             "option; run without --compile") from err
+        raise
+
+
 def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-example sum of squared errors [B] (sums over pixels/coordinates)."""
     return (a - b).pow(2).flatten(1).sum(1)
@@ -97,8 +126,9 @@ class Method:
         return (self.cfg.seed << 24) + (self.rank << 8) + index
 
     def data_chain(self, n_steps: int, s: float, n: float, index: int) -> DataChain:
-        return DataChain(self.models["energy"], n_steps=n_steps, step_size=s * s / 2, noise_scale=n,
-                         clamp=self.cfg.x_clamp, seed=self.chain_seed(index), track_stats=False)
+        """A training data chain on the EBM with its own noise key (chain_seed(index))."""
+        return build_chain(self.cfg, "data", self.models["energy"], n_steps=n_steps, s=s, n=n,
+                           seed=self.chain_seed(index))
 
     @contextlib.contextmanager
     def chain_mode(self):
@@ -214,8 +244,8 @@ class Method:
         c = self.cfg
         steps, s, n = (c.eval_x_steps, c.eval_x_step, c.eval_x_noise) if c.eval_x_steps else \
             (c.x_steps, c.x_step, c.x_noise)
-        return DataChain(self.models["energy"], n_steps=steps, step_size=s * s / 2, noise_scale=n,
-                         clamp=c.x_clamp, seed=seed, track_stats=False, on_nonfinite="ignore")
+        return build_chain(c, "data", self.models["energy"], n_steps=steps, s=s, n=n, seed=seed,
+                           on_nonfinite="ignore")
 
 
 class GeneratorInitialised(Method):
@@ -248,9 +278,8 @@ class DualMCMC(GeneratorInitialised):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         c = self.cfg
-        self.chains["latent chain"] = LatentChain(
-            self.models["generator"], sigma=c.latent_sigma, n_steps=c.z_steps, step_size=c.z_step ** 2 / 2,
-            noise_scale=c.z_noise, seed=self.chain_seed(1), track_stats=False)
+        self.chains["latent chain"] = build_chain(c, "latent", self.models["generator"], n_steps=c.z_steps,
+                                                  s=c.z_step, n=c.z_noise, seed=self.chain_seed(1))
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         """z~ = latent chain from the encoder's reparameterised sample (steps 3)."""
@@ -286,9 +315,8 @@ class DualMCMC(GeneratorInitialised):
         mu, logvar = self.models["encoder"](x)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         z0 = reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=self.device))
-        chain = LatentChain(self.models["generator"], sigma=c.latent_sigma, n_steps=c.z_steps,
-                            step_size=c.z_step ** 2 / 2, noise_scale=c.z_noise, seed=seed, track_stats=False,
-                            on_nonfinite="ignore")
+        chain = build_chain(c, "latent", self.models["generator"], n_steps=c.z_steps, s=c.z_step, n=c.z_noise,
+                            seed=seed, on_nonfinite="ignore")
         return self.models["generator"](chain.run(z0, x))
 
 
@@ -352,9 +380,8 @@ class ShortRun(Method):
         x0 = self.cfg.init_low + (self.cfg.init_high - self.cfg.init_low) * torch.rand(
             n, *shape, generator=gen, device=self.device)
         c = self.cfg
-        chain = DataChain(self.models["energy"], n_steps=c.sr_steps, step_size=c.sr_step ** 2 / 2,
-                          noise_scale=c.sr_noise, clamp=c.x_clamp, seed=seed, track_stats=False,
-                          on_nonfinite="ignore")
+        chain = build_chain(c, "data", self.models["energy"], n_steps=c.sr_steps, s=c.sr_step, n=c.sr_noise,
+                            seed=seed, on_nonfinite="ignore")
         return {"ebm": chain.run(x0)}
 
 

@@ -448,11 +448,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: unreadable, not ours, or from a different configuration."""
 
 
-#: Config keys that may change when a run is resumed (run length, device and evaluation settings;
-#: max_energy_gap, and its old name max_energy_loss, only decide when to stop). Every other key
-#: must equal the checkpoint's.
+#: Config keys that may change when a run is resumed (run length, device, compilation and
+#: evaluation settings; max_energy_gap, and its old name max_energy_loss, only decide when to
+#: stop). Every other key must equal the checkpoint's.
 RESUMABLE_KEYS = frozenset({"iters", "device", "eval_every", "ckpt_every", "n_eval", "grid_n", "eval_x_steps",
-                            "eval_x_step", "eval_x_noise", "max_energy_gap", "max_energy_loss"})
+                            "eval_x_step", "eval_x_noise", "max_energy_gap", "max_energy_loss",
+                            "compile"})
 CHECKPOINT_KEYS = ("iteration", "config", "method", "source", "history", "torch_rng", "python_rng")
 
 

@@ -81,7 +81,7 @@ def markdown_table(rows: list[common.Row], suite: str) -> str:
 
 
 def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
-    """Step: GB/s vs size per variant and dtype. Chain/train: median time per variant per case."""
+    """Step: GB/s vs size per variant and dtype. Chain/train: speedup vs the baseline per case."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,13 +103,23 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
     else:
-        cases = list(dict.fromkeys(r.case for r in timed))
+        cases = list(dict.fromkeys(r.case for r in timed if r.speedup_vs_eager))
         fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(5 * max(1, len(cases)), 4.5), squeeze=False)
         for ax, case in zip(axes[0], cases):
-            case_rows = [r for r in timed if r.case == case]
-            ax.barh([r.variant for r in case_rows], [r.median_s * 1e3 for r in case_rows])
-            ax.set_xscale("log")
-            ax.set_xlabel("median ms per run (log)")
+            case_rows = [r for r in timed if r.case == case and r.speedup_vs_eager]
+            ratios = [r.speedup_vs_eager for r in case_rows]
+            wide = max(ratios) / min(ratios) > 20        # e.g. a whole-run compiled chain: log axis
+            left = min(0.5, min(ratios) / 2) if wide else 0.0
+            ax.barh([r.variant for r in case_rows], [x - left for x in ratios], left=left)
+            for y, (ratio, row) in enumerate(zip(ratios, case_rows)):
+                per_step = row.extra.get("us_per_step")
+                label = f" {ratio:.2f}x" + (f" ({per_step:.0f} us/step)" if per_step else f" ({_time(row.median_s)})")
+                ax.text(ratio, y, label, va="center", fontsize=7)
+            if wide:
+                ax.set_xscale("log")
+            ax.axvline(1.0, color="k", linewidth=0.8)
+            ax.set_xlim(left, max(ratios) * (3 if wide else 1.6))
+            ax.set_xlabel(f"speedup vs {BASELINE[suite]} (higher is faster{', log' if wide else ''})")
             ax.set_title(case, fontsize=9)
             ax.invert_yaxis()
             ax.grid(True, axis="x", which="both", alpha=0.3)

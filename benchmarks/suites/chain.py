@@ -108,8 +108,11 @@ def mlp_case(device, quick: bool, steps: int | None = None) -> ChainCase:
     from langevin_kernels.models import EnergyMLP
     torch.manual_seed(0)
     net = _frozen(EnergyMLP(dim=32, hidden=128), device)
+    # 60 steps on a GPU even in --quick (a step there costs well under a millisecond), so that a
+    # captured graph's or a compiled run's per-run cost is spread as in training.
+    default_steps = 10 if quick and device.type == "cpu" else 60
     return ChainCase("mlp 4096x32", lambda x, cond: net(x), _starts((4096, 32), device, 1), [None] * 4,
-                     steps or (10 if quick else 60), NET_STEP_SIZE, NET_NOISE_SCALE,
+                     steps or default_steps, NET_STEP_SIZE, NET_NOISE_SCALE,
                      jax_energy=lambda: peers.jax_mlp(net.net))
 
 

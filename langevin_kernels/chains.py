@@ -42,6 +42,7 @@ gradient and one fused step into one graph; dynamo traces ``torch.autograd.grad`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Callable
@@ -56,6 +57,13 @@ REINIT_SEED_XOR = 0xD1B54A32D192ED03  # key of LatentChain's re-initialisation d
 ON_NONFINITE = ("raise", "reinit", "ignore")
 _MAX_LISTED = 10  # chains named in a NonFiniteChainError message before "... and N more"
 _U64 = 1 << 64
+_NOT_DIFFERENTIABLE = ("the energy must be a differentiable function of x; it returned a tensor that does not require grad "
+                       "(detached, computed in numpy, independent of x, or under torch.no_grad?)")
+# Settings fixed at construction: a chain precomputes its per-step schedule from them, so a
+# later assignment would be ignored or break a run; build a new chain instead.
+_FROZEN = frozenset(("n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales", "prior_weight", "clamp",
+                     "grad_clip", "mala", "seed", "capture_graph", "differentiable", "track_stats", "on_nonfinite",
+                     "sigma", "compile"))
 STAT_NAMES = ("energy_mean", "grad_norm_mean", "acceptance", "nonfinite_chains")
 
 
@@ -71,10 +79,29 @@ class ChainStats:
     final state was non-finite and was replaced by a fresh start (``on_nonfinite="reinit"``).
     """
 
-    def __init__(self, table: torch.Tensor, mala: bool, reinitialized: int = 0):
-        self.table = table
+    def __init__(self, steps, mala: bool, reinitialized: int = 0, table: torch.Tensor | None = None):
+        # The run keeps its per-step per-chain tensors (energy, grad norm, and for MALA the
+        # accept decisions and bad proposals): no reduction per step. The [n_steps, 4] table is
+        # reduced from them on first use.
+        self._steps = steps
+        self._table = table
         self.mala = mala
         self.reinitialized = int(reinitialized)
+
+    @property
+    def table(self) -> torch.Tensor:
+        """[n_steps, 4] device tensor, columns as STAT_NAMES."""
+        if self._table is None:
+            energies, norms, accepted, bad = (torch.stack(part) if part[0] is not None else None
+                                              for part in zip(*self._steps))
+            if bad is None:   # ULA: the energy and gradient at the state each step started from
+                bad = ~(torch.isfinite(energies) & torch.isfinite(norms))
+            acceptance = (accepted.float().mean(1) if accepted is not None
+                          else torch.full(energies.shape[:1], float("nan"), device=energies.device))
+            self._table = torch.stack([energies.float().mean(1), norms.float().mean(1), acceptance,
+                                       bad.sum(1).float()], dim=1)
+            self._steps = None
+        return self._table
 
     def __getattr__(self, name):
         if name in STAT_NAMES:
@@ -227,6 +254,13 @@ class _LangevinChain:
         self.last_nonfinite: torch.Tensor | None = None
         self._finite_rows = None
         self.reset_graph()
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if name in _FROZEN and self.__dict__.get("_frozen", False):
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction (the run's schedule is "
+                                 f"built from it); build a new chain with {name}={value!r} instead")
+        super().__setattr__(name, value)
 
     @staticmethod
     def _check_clamp(clamp):
@@ -271,7 +305,6 @@ class _LangevinChain:
         self._graph = None
         self._graph_key = None
         self._rng_state = None
-        self._static_finite = None
 
     # --- energy and gradient -----------------------------------------------------------
 
@@ -286,9 +319,14 @@ class _LangevinChain:
             else:
                 leaf = x.detach().requires_grad_(True)
             energy = self._energy(leaf)
+            if type(energy) is not torch.Tensor and not isinstance(energy, torch.Tensor):
+                raise TypeError(f"the energy must return a tensor of per-chain energies, shape [{x.shape[0]}]; "
+                                f"got {type(energy).__name__}")
             if energy.shape != (x.shape[0],):
                 raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], "
                                  f"got shape {tuple(energy.shape)}")
+            if not energy.requires_grad:
+                raise ValueError(_NOT_DIFFERENTIABLE)
             (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=self.differentiable)
         if not self.differentiable:
             energy = energy.detach()
@@ -309,12 +347,12 @@ class _LangevinChain:
             return energy
         return energy + 0.5 * self.prior_weight * _per_chain(x).pow(2).sum(1).to(energy.dtype)
 
-    def _diagnostics(self, energy, norms, accepted, bad):
+    def _diagnostics(self, energy, norms, accepted, bad=None):
+        """This step's per-chain record (energy incl. prior, grad norm, MALA's accept decisions and
+        non-finite proposals) or None; nothing is reduced here (ChainStats.table does it once)."""
         if not self.track_stats:
             return None
-        acceptance = accepted.float().mean() if accepted is not None else torch.full((), float("nan"), device=norms.device)
-        return torch.stack([energy.detach().float().mean(), norms.detach().float().mean(), acceptance,
-                            bad.sum().float()])
+        return energy.detach(), norms.detach(), accepted, bad
 
     # --- one step ----------------------------------------------------------------------
 
@@ -325,15 +363,14 @@ class _LangevinChain:
     def _ula_step(self, x, k, offset, rng_state):
         energy, grad = self._energy_and_grad(x)
         grad, norms = self._clip(grad)
-        kwargs = self._op_kwargs(k, offset, None if rng_state is None else rng_state[0])
-        diag = None
-        if self.track_stats:
-            bad = ~(torch.isfinite(energy) & torch.isfinite(norms))
-            diag = self._diagnostics(self._with_prior(energy, x), norms, None, bad)
+        diag = self._diagnostics(self._with_prior(energy, x), norms, None) if self.track_stats else None
+        rng_row = None if rng_state is None else rng_state[0]
         if self.differentiable:
-            x = langevin_step(x, grad, clamp=self.clamp, **kwargs)
+            x = langevin_step(x, grad, clamp=self.clamp, **self._op_kwargs(k, offset, rng_row))
         else:
-            langevin_step_(x, grad, clamp=self.clamp, **kwargs)
+            langevin_step_(x, grad, step_size=self.step_sizes[k], noise_scale=self.noise_scales[k],
+                           seed=self.seed, offset=offset, prior_weight=self.prior_weight, clamp=self.clamp,
+                           rng_state=rng_row)
         return x, diag
 
     def _mala_current(self, x):
@@ -358,11 +395,14 @@ class _LangevinChain:
         accept = torch.special.log_ndtr(normals) < log_alpha
         if self.clamp is not None:
             accept = accept & self._inside_box(y)
-        bad = ~(torch.isfinite(energy_y) & torch.isfinite(norms_y))
         x = torch.where(_broadcast(accept, x), y, x)
         current = (torch.where(accept, energy_y, energy_x), torch.where(_broadcast(accept, grad_x), grad_y, grad_x),
                    torch.where(accept, norms_y, norms_x))
-        return x, current, self._diagnostics(current[0], current[2], accept, bad)
+        diag = None
+        if self.track_stats:
+            bad = ~(torch.isfinite(energy_y) & torch.isfinite(norms_y))
+            diag = self._diagnostics(current[0], current[2], accept, bad)
+        return x, current, diag
 
     def _inside_box(self, y):
         lo, hi = self.clamp
@@ -392,20 +432,17 @@ class _LangevinChain:
 
     # --- runs --------------------------------------------------------------------------
 
-    def _loop(self, x, base_offset, rng_state, return_trajectory, thin):
-        """The K steps from state x; returns (x, trajectory or None, stats table or None).
+    def _loop(self, x, base_offset, rng_state, return_trajectory, thin, track_finite=False):
+        """The K steps from state x; returns (x, trajectory or None, stats or None).
 
-        With ``on_nonfinite="raise"`` and ``track_stats`` it also leaves in ``self._finite_rows``
-        the per-chain finiteness of the state before step 0 and after every step (n_steps + 1
-        bool device tensors [B]; one isfinite and one row reduction per step, no host read),
-        from which an error names the step where each chain first went non-finite.
+        With ``track_finite`` (only when an error names the failing step: the run is replayed
+        from x0 with the same noise) it leaves in ``self._finite_rows`` the per-chain finiteness
+        of the state before step 0 and after every step (n_steps + 1 bool device tensors [B]).
         """
         advance = noise_offset_advance(x.numel())
         states = [x.clone()] if return_trajectory else None
         diags = []
-        finite = None
-        if self.track_stats and self.on_nonfinite == "raise":
-            finite = [torch.isfinite(_per_chain(x)).all(1)]
+        finite = [torch.isfinite(_per_chain(x)).all(1)] if track_finite else None
         current = self._mala_current(x) if self.mala else None
         for k in range(self.n_steps):
             offset = (base_offset + k * advance) % _U64
@@ -418,9 +455,9 @@ class _LangevinChain:
             diags.append(diag)
             if return_trajectory and (k + 1) % thin == 0:
                 states.append(x.clone())
-        table = torch.stack(diags) if self.track_stats else None
+        stats = ChainStats(diags, self.mala) if self.track_stats else None
         self._finite_rows = finite
-        return x, (torch.stack(states) if return_trajectory else None), table
+        return x, (torch.stack(states) if return_trajectory else None), stats
 
     def _start(self, x0):
         if self.differentiable:
@@ -429,6 +466,9 @@ class _LangevinChain:
 
     def _run(self, x0, return_trajectory, thin, name="x0"):
         _check_state(name, x0)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__}.run needs autograd for dE/dx and cannot run under "
+                               "torch.inference_mode(); run it outside (it uses no autograd graph beyond each step)")
         thin = _positive_int("thin", thin)
         base_offset = self._offset
         if self.capture_graph:
@@ -436,7 +476,7 @@ class _LangevinChain:
         else:
             x, traj, table = self._loop(self._start(x0), self._offset, None, return_trajectory, thin)
             self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
-        self.stats = ChainStats(table, self.mala) if table is not None else None
+        self.stats = table
         if self.on_nonfinite != "ignore":
             x = self._guard(x, traj, x0, base_offset)
         return (x, traj) if return_trajectory else x
@@ -474,9 +514,12 @@ class _LangevinChain:
             return x
         chains = self.last_nonfinite
         first = None
-        if self._finite_rows is not None:   # [n_steps + 1, B] -> index of the first False per chain
-            went_bad = ~torch.stack(self._finite_rows).cpu()[:, chains]
+        if self.track_stats:   # replay the run (same noise) with per-step checks: no cost when all is well
+            with torch.no_grad() if not self.differentiable else contextlib.nullcontext():
+                self._loop(self._start(x0), base_offset, None, False, 1, track_finite=True)
+            went_bad = ~torch.stack(self._finite_rows).cpu()[:, chains]   # [n_steps + 1, len(chains)]
             first = went_bad.to(torch.int64).argmax(0)
+            self._finite_rows = None
         where = ""
         if first is not None:
             where = "; first non-finite after step " + _listed(first) + " (0 = already in the initial state)"
@@ -501,9 +544,9 @@ class _LangevinChain:
         self._static_x0.copy_(x0)
         self._graph.replay()
         self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
-        x, traj, table = self._static_out
-        self._finite_rows = self._static_finite   # read by _guard before the next replay
-        return (x.clone(), None if traj is None else traj.clone(), None if table is None else table.clone())
+        x, traj, stats = self._static_out
+        return (x.clone(), None if traj is None else traj.clone(),
+                None if stats is None else ChainStats(None, self.mala, table=stats.table.clone()))
 
     def _capture(self, x0, key, return_trajectory, thin):
         self.reset_graph()
@@ -522,9 +565,10 @@ class _LangevinChain:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self._loop(self._static_x0.clone(), 0, rng_state, return_trajectory, thin)
+            if out[2] is not None:
+                out[2].table   # reduced inside the graph: every replay refreshes it
             rng_state[:, 1] += self.n_steps * advance
         self._graph, self._graph_key, self._static_out = graph, key, out
-        self._static_finite = self._finite_rows
         self._rng_state = rng_state
         self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
 
@@ -641,7 +685,13 @@ class LatentChain(_LangevinChain):
         return prior.reshape(z.shape)[idx]
 
     def _energy(self, z):
-        residual = _per_chain(self._observed - self.generator(z))
+        generated = self.generator(z)
+        if not isinstance(generated, torch.Tensor) or generated.shape != self._observed.shape:
+            got = tuple(generated.shape) if isinstance(generated, torch.Tensor) else type(generated).__name__
+            raise ValueError(f"generator(z) returned shape {got} but the observations x have shape "
+                             f"{tuple(self._observed.shape)}; they must match (broadcasting one against the "
+                             "other would sample the wrong posterior)")
+        residual = _per_chain(self._observed - generated)
         return residual.pow(2).sum(1) / (2.0 * self.sigma ** 2)
 
     def _graph_extra_key(self):

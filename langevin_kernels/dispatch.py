@@ -49,6 +49,17 @@ if os.environ.get("LANGEVIN_BACKEND"):
     _forced = _env
 
 
+# select() is on every op call's path: its answer per (device, dtype, forced backend) is
+# computed once. Availability does not change while the process runs (the extension, triton
+# and the CUDA devices are fixed at import), except for TRITON_INTERPRET, read at select time.
+_selected: dict = {}
+
+
+def extension_error() -> str | None:
+    """None when the C++ extension is built and loaded, else why not."""
+    return _ext_error
+
+
 def set_backend(name: str | None) -> None:
     """Force a backend for every call (None restores automatic selection)."""
     global _forced
@@ -63,13 +74,12 @@ def get_backend() -> str | None:
 @contextlib.contextmanager
 def use_backend(name: str | None):
     """Context manager form of set_backend; restores the previous choice on exit."""
-    global _forced
     previous = _forced
     set_backend(name)
     try:
         yield
     finally:
-        _forced = previous
+        set_backend(previous)
 
 
 def _triton_interpreted() -> bool:
@@ -117,7 +127,16 @@ def backends() -> dict[str, str]:
 
 
 def select(device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """The backend that runs tensors of `dtype` on `device` now."""
+    """The backend that runs tensors of `dtype` on `device` now (cached per device, dtype and
+    forced backend)."""
+    key = (device, dtype, _forced, _triton_interpreted())
+    name = _selected.get(key)
+    if name is None:
+        name = _selected[key] = _select_uncached(device, dtype)
+    return name
+
+
+def _select_uncached(device: torch.device, dtype: torch.dtype | None) -> str:
     if _forced is not None:
         reason = unavailable_reason(_forced, device)
         if reason:

@@ -271,20 +271,72 @@ def _clamp_bounds(clamp) -> tuple[float | None, float | None]:
     return lo, hi
 
 
-def _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp):
+_NOISE_POSITION_HELP = ("pass seed= and offset= (a loop advances offset by lk.noise_offset_advance(x.numel()) "
+                        "per step so that no two steps share noise), or use lk.DataChain, which does it for you")
+
+
+def _noise_position(seed, offset, noise, noise_scale, rng_state):
+    """seed and offset, required whenever the op draws noise: a default would make a
+    hand-written loop draw the same noise at every step without a word."""
+    if seed is not None and offset is not None:
+        return seed, offset
+    if rng_state is not None:   # the device tensor holds the seed and base offset
+        return (0 if seed is None else seed), (0 if offset is None else offset)
+    if noise is not None or (type(noise_scale) in (int, float) and noise_scale == 0):
+        return (0 if seed is None else seed), (0 if offset is None else offset)
+    missing = " and ".join(name for name, v in (("seed", seed), ("offset", offset)) if v is None)
+    raise TypeError(f"{missing} not given: the step draws noise (noise_scale={noise_scale!r}) and needs to know "
+                    f"where in the noise stream it is; {_NOISE_POSITION_HELP}")
+
+
+def _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state):
     # tensor types first: the dispatcher's own message for a non-tensor is less clear
     for name, t in (("x", x), ("grad", grad), ("noise", noise)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     lo, hi = _clamp_bounds(clamp)
-    return (_as_float("step_size", step_size, nonnegative=True),
-            _as_float("noise_scale", noise_scale, nonnegative=True),
-            _as_int64("seed", seed), _as_int64("offset", offset),
-            _as_float("prior_weight", prior_weight), lo, hi)
+    step_size = _as_float("step_size", step_size, nonnegative=True)
+    noise_scale = _as_float("noise_scale", noise_scale, nonnegative=True)
+    prior_weight = _as_float("prior_weight", prior_weight)
+    seed = None if seed is None else _as_int64("seed", seed)
+    offset = None if offset is None else _as_int64("offset", offset)
+    if isinstance(x, torch.Tensor) and isinstance(grad, torch.Tensor):   # bad tensors named before a missing seed
+        _validate(x, grad, step_size, noise_scale, 0 if seed is None else seed, 0 if offset is None else offset,
+                  prior_weight, lo, hi, noise, rng_state)
+    seed, offset = _noise_position(seed, offset, noise, noise_scale, rng_state)
+    return step_size, noise_scale, seed, offset, prior_weight, lo, hi
+
+
+_EXT_STEP = None   # torch.ops.langevin_kernels._ext_step.default, once the extension is known to be built
+
+
+def _try_direct_inplace(x, grad, a, s, seed, offset, lam, lo, hi, rng_state) -> bool:
+    """The sampler's hot path: update x in place through the extension's kernel, skipping the
+    Python op kernel, when nothing needs it (eager mode, plain contiguous tensors of one kind,
+    no aliasing, the cpp/cuda backend). Returns False to send the call through the full op.
+    The extension kernel checks sizes, dtypes, devices and rng_state itself (TORCH_CHECK)."""
+    if (_EXT_STEP is None or type(x) is not torch.Tensor or type(grad) is not torch.Tensor
+            or not x.is_contiguous() or not grad.is_contiguous() or x.shape != grad.shape
+            or torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled())):
+        return False
+    if dispatch.select(x.device, x.dtype) not in ("cpp", "cuda") or x.dtype not in SUPPORTED_DTYPES:
+        return False
+    n_bytes = x.numel() * x.element_size()
+    if n_bytes == 0 or abs(x.data_ptr() - grad.data_ptr()) < n_bytes:   # grad inside x: go through a buffer
+        return False
+    if offset < 0 or offset + (x.numel() + 3) // 4 >= 1 << 63:
+        return False   # counter near 2**64: the full path checks the wrap
+    if x.dtype != torch.float64 and max(abs(a), s, abs(lam)) >= _F32_OVERFLOW:
+        return False
+    if lo is not None and hi is not None and lo > hi:
+        return False
+    _EXT_STEP(x, grad, None, x, a, s, lam, -math.inf if lo is None else lo, math.inf if hi is None else hi,
+              seed, offset, rng_state)
+    return True
 
 
 def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
-                  seed: int = 0, offset: int = 0, prior_weight: float = 0.0, clamp=None,
+                  seed: int | None = None, offset: int | None = None, prior_weight: float = 0.0, clamp=None,
                   noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None) -> torch.Tensor:
     """One fused Langevin step, out of place and differentiable.
 
@@ -300,36 +352,43 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
             must be below 3.4028235e38 (ValueError otherwise); the formula is evaluated as
             written, IEEE rules included (e.g. 0 * inf = NaN).
         seed, offset: where the noise comes from (uint64 each): element i of x (row-major)
-            uses the stream of :func:`philox_normal` at index i. A chain advances offset by
-            ``ceil(x.numel() / 4)`` per step so that steps never share noise.
+            uses the stream of :func:`philox_normal` at index i. Required whenever the step
+            draws noise (noise_scale > 0, no ``noise``, no ``rng_state``): a loop advances offset
+            by ``noise_offset_advance(x.numel())`` per step so that steps never share noise.
         prior_weight: lam, adds ``lam * x`` to grad (the N(0, I) prior of a latent chain).
         clamp: None or (lo, hi); either bound may be None.
         noise: explicit noise replacing xi (same shape, dtype, device as x).
         rng_state: int64 tensor [seed, base offset] on x's device; when given it replaces
-            ``seed`` and is added to ``offset``, read on the device (CUDA-graph safe).
+            ``seed`` and is added to ``offset`` (default 0), read on the device (CUDA-graph safe).
 
     Gradients flow to x, grad and noise: dy/dx = (1 - a lam) m, dy/dgrad = -a m,
     dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere.
     """
     return torch.ops.langevin_kernels.langevin_step(
-        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp),
+        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
         noise, rng_state)
 
 
 def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
-                   seed: int = 0, offset: int = 0, prior_weight: float = 0.0, clamp=None,
+                   seed: int | None = None, offset: int | None = None, prior_weight: float = 0.0, clamp=None,
                    noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None) -> torch.Tensor:
     """In-place form of :func:`langevin_step` for samplers: updates x and returns it.
 
     Not tracked by autograd: x must not require grad while grad mode is on, and must
     not be a view whose elements overlap in memory (expanded or as_strided views;
     ValueError). grad and noise may share memory with x: the result is then the
-    out-of-place one, written into x.
+    out-of-place one, written into x. seed and offset are required as in langevin_step.
     """
+    if (noise is None and type(step_size) is float and type(noise_scale) is float and type(seed) is int
+            and type(offset) is int and type(prior_weight) is float and clamp is None
+            and 0.0 <= step_size < math.inf and 0.0 <= noise_scale < math.inf and math.isfinite(prior_weight)
+            and 0 <= seed < 1 << 63 and _try_direct_inplace(x, grad, step_size, noise_scale, seed, offset,
+                                                            prior_weight, None, None, rng_state)):
+        return x
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x, exact=False)
     torch.ops.langevin_kernels.langevin_step_(
-        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp),
+        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
         noise, rng_state)
     return x
 
@@ -360,5 +419,16 @@ def philox_normal(n: int, *, seed: int, offset: int = 0, device="cpu", dtype=tor
 
 
 def noise_offset_advance(numel: int) -> int:
-    """How far a chain advances `offset` per step on a tensor of `numel` elements."""
+    """How far a chain advances `offset` per step on a tensor of `numel` elements (ceil(numel / 4))."""
+    if isinstance(numel, bool) or not isinstance(numel, numbers.Integral) or numel < 0:
+        raise ValueError(f"numel={numel!r} must be an int >= 0 (the number of elements of the state)")
     return (int(numel) + 3) // 4
+
+
+def _bind_extension() -> None:
+    global _EXT_STEP
+    if dispatch.extension_error() is None:
+        _EXT_STEP = torch.ops.langevin_kernels._ext_step.default
+
+
+_bind_extension()

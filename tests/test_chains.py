@@ -327,9 +327,9 @@ def test_device_rng_state_path_equals_integer_offsets(mala):
     chain = DataChain(energy, n_steps=4, step_size=0.02, noise_scale=0.2, mala=mala, seed=3, offset=40)
     x0 = torch.randn(32, 4)
     rng_state = torch.tensor([[3, 40], [(3 ^ ACCEPT_SEED_XOR) - (1 << 64), 40]], dtype=torch.int64)
-    from_state, _, table = chain._loop(x0.clone(), 0, rng_state, False, 1)
+    from_state, _, stats = chain._loop(x0.clone(), 0, rng_state, False, 1)
     torch.testing.assert_close(from_state, chain.run(x0), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(table, chain.stats.table, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(stats.table, chain.stats.table, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 def _cuda_chain(mala, capture, seed=1):

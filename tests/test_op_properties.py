@@ -639,7 +639,7 @@ def test_bad_coefficients_are_refused():
     @example(arg="step_size", value=10**400, op_name="langevin_step")  # was OverflowError
     @example(arg="clamp hi", value=-10**400, op_name="langevin_step_")
     def prop(arg, value, op_name):
-        kwargs = dict(step_size=0.1, noise_scale=0.1, prior_weight=0.0)
+        kwargs = dict(step_size=0.1, noise_scale=0.1, prior_weight=0.0, offset=0)
         if arg.startswith("clamp"):
             kwargs["clamp"] = (value, None) if arg == "clamp lo" else (None, value)
             name = "clamp bound"
@@ -666,7 +666,7 @@ def test_bad_coefficients_are_refused():
             assert_matches_oracle(y, x, g, None, kw)
             return
         with pytest.raises(error, match=pattern):
-            getattr(lk, op_name)(x, g, **kwargs)
+            getattr(lk, op_name)(x, g, seed=3, **kwargs)
         assert torch.equal(x, torch.zeros(5))  # nothing written before the error
 
 
@@ -727,6 +727,8 @@ def test_seed_and_offset_out_of_range_are_refused():
         kwargs[arg] = value
         if isinstance(value, int) and not isinstance(value, bool):
             error, pattern = ValueError, rf"^{arg}={value} is out of range: allowed 0 <= {arg} < 2\*\*64$"
+        elif value is None and op_name != "philox_normal":   # the steps treat None as "not given"
+            error, pattern = TypeError, rf"^{arg} not given: the step draws noise"
         else:
             error, pattern = TypeError, rf"^{arg} must be an int in \[0, 2\*\*64\)"
         with pytest.raises(error, match=pattern):

@@ -92,8 +92,8 @@ def test_non_contiguous_inputs(cpu_backend, layout):
     assert not x.is_contiguous()
     with lk.use_backend(cpu_backend):
         y = lk.langevin_step(x, g, step_size=0.1, noise_scale=0.2, noise=noise)
-        y_internal = lk.langevin_step(x, g, step_size=0.1, noise_scale=0.2, seed=1)
-        y_contig = lk.langevin_step(x.contiguous(), g.contiguous(), step_size=0.1, noise_scale=0.2, seed=1)
+        y_internal = lk.langevin_step(x, g, step_size=0.1, noise_scale=0.2, seed=1, offset=0)
+        y_contig = lk.langevin_step(x.contiguous(), g.contiguous(), step_size=0.1, noise_scale=0.2, seed=1, offset=0)
     assert_update_close(y, x, g, noise, 0.1, 0.2)
     # Noise follows the logical row-major index, whatever the memory layout.
     assert torch.equal(y_internal, y_contig)
@@ -121,9 +121,9 @@ def test_inplace_on_non_contiguous_view_updates_the_view_only(cpu_backend):
     x, g, _ = make_inputs((8, 8))
     view, gv = x.t()[::2], g.t()[::2]
     untouched = x.t()[1::2].clone()
-    expected = lk.langevin_step(view, gv, step_size=0.1, noise_scale=0.3, seed=4)
+    expected = lk.langevin_step(view, gv, step_size=0.1, noise_scale=0.3, seed=4, offset=0)
     with lk.use_backend(cpu_backend):
-        lk.langevin_step_(view, gv, step_size=0.1, noise_scale=0.3, seed=4)
+        lk.langevin_step_(view, gv, step_size=0.1, noise_scale=0.3, seed=4, offset=0)
     assert torch.allclose(view, expected, atol=1e-6)
     assert torch.equal(x.t()[1::2], untouched)
 
@@ -158,8 +158,8 @@ def test_nan_and_inf_propagate_as_the_formula_says(cpu_backend, lam):
 def test_empty_tensors(cpu_backend):
     x = torch.empty(0, 3)
     with lk.use_backend(cpu_backend):
-        y = lk.langevin_step(x, x.clone(), step_size=0.1, noise_scale=0.1)
-        out = lk.langevin_step_(x, x.clone(), step_size=0.1, noise_scale=0.1)
+        y = lk.langevin_step(x, x.clone(), step_size=0.1, noise_scale=0.1, seed=0, offset=0)
+        out = lk.langevin_step_(x, x.clone(), step_size=0.1, noise_scale=0.1, seed=0, offset=0)
     assert y.shape == (0, 3) and out is x
 
 
@@ -304,9 +304,9 @@ def test_bad_input_names_the_argument(overrides, error, pattern):
 def test_inplace_on_leaf_requiring_grad_is_refused():
     x = torch.zeros(5, requires_grad=True)
     with pytest.raises(ValueError, match="requires grad"):
-        lk.langevin_step_(x, torch.zeros(5), step_size=0.1, noise_scale=0.1)
+        lk.langevin_step_(x, torch.zeros(5), step_size=0.1, noise_scale=0.1, seed=0, offset=0)
     with torch.no_grad():  # the optimizer-style update is allowed, as for torch's own in-place ops
-        lk.langevin_step_(x, torch.zeros(5), step_size=0.1, noise_scale=0.1)
+        lk.langevin_step_(x, torch.zeros(5), step_size=0.1, noise_scale=0.1, seed=0, offset=0)
     assert x.abs().sum() > 0
 
 
@@ -326,7 +326,7 @@ def test_forced_backend_that_cannot_run_the_device_is_an_error():
     assert unavailable_reason("cuda", "cpu") is not None
     x = torch.zeros(4)
     with lk.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was selected"):
-        lk.langevin_step(x, x, step_size=0.1, noise_scale=0.1)
+        lk.langevin_step(x, x, step_size=0.1, noise_scale=0.1, seed=0, offset=0)
 
 
 def test_backends_report():

@@ -77,11 +77,34 @@ struct StepParams {
   uint64_t seed, offset;
 };
 
+// Every tensor the kernels index is checked here: the internal ops are reachable as
+// torch.ops.langevin_kernels._ext_*, and a mismatched call must raise, never read or
+// write past the end of a buffer.
+void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              x.device(), "; both must be CPU tensors");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", x.scalar_type(), "; they must match");
+  TORCH_CHECK(t.numel() == x.numel(), op, ": ", name, " has ", t.numel(), " elements but x has ",
+              x.numel(), "; they must match");
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_rng_state(const char* op, const std::optional<at::Tensor>& rng_state) {
+  if (!rng_state.has_value()) return;
+  const at::Tensor& st = *rng_state;
+  TORCH_CHECK(st.scalar_type() == at::kLong && st.numel() == 2 && st.is_contiguous(), op,
+              ": rng_state must be a contiguous int64 tensor of 2 elements (seed, base offset), got ",
+              st.scalar_type(), " with ", st.numel(), " elements");
+  TORCH_CHECK(st.device().is_cpu(), op, ": rng_state is on ", st.device(),
+              " but the data is on the CPU; they must be on one device");
+}
+
 StepParams resolve(double a, double s, double lam, double lo, double hi, int64_t seed,
                    int64_t offset, const std::optional<at::Tensor>& rng_state) {
   StepParams p{{a, s, lam, lo, hi}, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
   if (rng_state.has_value()) {
-    const int64_t* st = rng_state->data_ptr<int64_t>();
+    const int64_t* st = rng_state->const_data_ptr<int64_t>();
     p.seed = static_cast<uint64_t>(st[0]);
     p.offset += static_cast<uint64_t>(st[1]);
   }
@@ -155,9 +178,13 @@ void ext_step_cpu(const at::Tensor& x, const at::Tensor& grad, const std::option
                   at::Tensor out, double step_size, double noise_scale, double prior_weight,
                   double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
                   const std::optional<at::Tensor>& rng_state) {
-  TORCH_CHECK(x.is_contiguous() && grad.is_contiguous() && out.is_contiguous(),
-              "_ext_step: x, grad and out must be contiguous");
-  TORCH_CHECK(!noise.has_value() || noise->is_contiguous(), "_ext_step: noise must be contiguous");
+  constexpr const char* op = "_ext_step";
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+  check_like_x(op, "grad", grad, x);
+  check_like_x(op, "out", out, x);
+  if (noise.has_value()) check_like_x(op, "noise", *noise, x);
+  check_rng_state(op, rng_state);
   const StepParams p = resolve(step_size, noise_scale, prior_weight, clamp_lo, clamp_hi, seed,
                                offset, rng_state);
   const at::Tensor* noise_ptr = noise.has_value() ? &noise.value() : nullptr;
@@ -168,8 +195,10 @@ void ext_step_cpu(const at::Tensor& x, const at::Tensor& grad, const std::option
 
 void ext_normal_cpu(at::Tensor out, int64_t seed, int64_t offset,
                     const std::optional<at::Tensor>& rng_state) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "_ext_normal: out must be a contiguous float32 tensor");
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "_ext_normal: out must be a contiguous float32 CPU tensor, got ", out.scalar_type(),
+              " on ", out.device());
+  check_rng_state("_ext_normal", rng_state);
   const StepParams p = resolve(0, 0, 0, 0, 0, seed, offset, rng_state);
   float* op = out.data_ptr<float>();
   const int64_t numel = out.numel();
@@ -192,8 +221,10 @@ void ext_normal_cpu(at::Tensor out, int64_t seed, int64_t offset,
 }
 
 at::Tensor ext_philox_cpu(const at::Tensor& counters, int64_t key0, int64_t key1) {
-  TORCH_CHECK(counters.scalar_type() == at::kLong && counters.dim() == 2 && counters.size(1) == 4,
-              "_ext_philox: counters must be int64 [N, 4]");
+  TORCH_CHECK(counters.device().is_cpu() && counters.scalar_type() == at::kLong &&
+                  counters.dim() == 2 && counters.size(1) == 4,
+              "_ext_philox: counters must be an int64 CPU tensor [N, 4], got ", counters.scalar_type(),
+              " ", counters.sizes(), " on ", counters.device());
   at::Tensor c = counters.contiguous();
   at::Tensor out = at::empty_like(c);
   const int64_t* cp = c.data_ptr<int64_t>();

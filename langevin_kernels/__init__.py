@@ -4,9 +4,12 @@
     y = lk.langevin_step(x, grad, step_size=a, noise_scale=s, seed=0, offset=0)
     x_k = lk.DataChain(energy, n_steps=60, step_size=a, noise_scale=s).run(x0)
 
-See README.md and DESIGN.md for the op contract and the noise stream.
+See README.md and docs/ for the op contract and the noise stream.
 """
-from .chains import ChainStats, DataChain, LatentChain, NonFiniteChainError
+from .chains import ChainStats, DataChain, LatentChain, NonFiniteChainError, sample
+from .diagnostics import (StreamingDiagnostics, acceptance_per_chain, chain_diagnostics, effective_sample_size,
+                          split_rhat)
+from .losses import contrastive_divergence_loss
 from .dispatch import backends, get_backend, set_backend, use_backend
 from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_normal
 from .replay import ReplayBuffer
@@ -17,6 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend",
     "langevin_step", "langevin_step_", "noise_offset_advance", "philox_normal",
-    "DataChain", "LatentChain", "ChainStats", "NonFiniteChainError", "ReplayBuffer",
+    "DataChain", "LatentChain", "ChainStats", "NonFiniteChainError", "ReplayBuffer", "sample",
+    "effective_sample_size", "split_rhat", "acceptance_per_chain", "chain_diagnostics", "StreamingDiagnostics",
+    "contrastive_divergence_loss",
     "Schedule", "Constant", "Linear", "ExponentialDecay", "CosineDecay",
 ]

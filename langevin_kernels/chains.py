@@ -1,4 +1,4 @@
-"""Samplers built on the fused op (DESIGN section 5): DataChain and LatentChain.
+"""Samplers built on the fused op (docs/chains.md): DataChain and LatentChain.
 
     chain = lk.DataChain(energy, n_steps=60, step_size=0.005, noise_scale=0.1, clamp=(-1, 1))
     x = chain.run(x0)                       # 60 fused steps; chain.offset advances
@@ -50,6 +50,7 @@ from typing import Callable
 import torch
 
 from .ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance, philox_normal
+from .compiled import DEFAULT_MAX_BLOCK, CompiledRunner, compile_options
 from .schedules import resolve_schedule
 
 ACCEPT_SEED_XOR = 0x9E3779B97F4A7C15  # golden-ratio constant: the accept stream's key differs from the noise key
@@ -63,7 +64,7 @@ _NOT_DIFFERENTIABLE = ("the energy must be a differentiable function of x; it re
 # later assignment would be ignored or break a run; build a new chain instead.
 _FROZEN = frozenset(("n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales", "prior_weight", "clamp",
                      "grad_clip", "mala", "seed", "capture_graph", "differentiable", "track_stats", "on_nonfinite",
-                     "sigma", "compile"))
+                     "sigma", "compile", "compile_block"))
 STAT_NAMES = ("energy_mean", "grad_norm_mean", "acceptance", "nonfinite_chains")
 
 
@@ -71,7 +72,8 @@ class ChainStats:
     """Per-step diagnostics of the last run, kept on the chain's device.
 
     Attributes are device tensors of length n_steps (no host sync until ``to_dict``):
-    ``energy_mean`` (mean energy of the chains' states after the step, prior included),
+    ``energy_mean`` (mean energy, prior included: ULA at the state the step started from, MALA at
+    the state after the step),
     ``grad_norm_mean`` (mean per-chain norm of dE/dx before clipping), ``acceptance``
     (MALA: fraction of chains that accepted; None for ULA), ``nonfinite_chains`` (chains
     whose energy or gradient was not finite: ULA at the state the step started from,
@@ -227,7 +229,7 @@ class _LangevinChain:
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
-                 on_nonfinite="raise"):
+                 on_nonfinite="raise", compile=False, compile_block=None):
         self.n_steps = _positive_int("n_steps", n_steps)
         self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
         self.step_sizes = resolve_schedule("step_size", step_size, self.n_steps)
@@ -245,6 +247,14 @@ class _LangevinChain:
             k = self.noise_scales.index(min(self.noise_scales))
             raise ValueError(f"mala=True needs noise_scale > 0 at every step (the proposal density), "
                              f"but step {k} has noise_scale={self.noise_scales[k]}")
+        options = compile_options(compile)
+        self.compile = options is not None
+        self.compile_block = (DEFAULT_MAX_BLOCK if compile_block is None
+                              else _positive_int("compile_block", compile_block))
+        if self.compile and self.differentiable:
+            raise ValueError("compile=True cannot be combined with differentiable=True (compiled blocks keep no "
+                             "autograd graph across steps); use compile=False")
+        self._runner = CompiledRunner(self, options, self.compile_block) if self.compile else None
         if self.capture_graph and self.differentiable:
             raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
                              "CUDA graph keeps no autograd graph")
@@ -286,6 +296,16 @@ class _LangevinChain:
         self._offset = int(value)
         if getattr(self, "_rng_state", None) is not None:
             self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (first calls of each compiled block shape; 0 uncompiled)."""
+        return 0.0 if self._runner is None else self._runner.compile_seconds
+
+    @property
+    def compile_failed(self) -> str | None:
+        """Why compile=True fell back to the uncompiled loop (None: it did not)."""
+        return None if self._runner is None else self._runner.failed
 
     @property
     def accept_seed(self) -> int:
@@ -439,6 +459,12 @@ class _LangevinChain:
         from x0 with the same noise) it leaves in ``self._finite_rows`` the per-chain finiteness
         of the state before step 0 and after every step (n_steps + 1 bool device tensors [B]).
         """
+        if self._runner is not None and self._runner.failed is None and not (return_trajectory or track_finite):
+            out = self._runner.run(x, base_offset, rng_state)
+            if out is not None:
+                x, steps = out
+                self._finite_rows = None
+                return x, None, (ChainStats(steps, self.mala) if self.track_stats else None)
         advance = noise_offset_advance(x.numel())
         states = [x.clone()] if return_trajectory else None
         diags = []
@@ -607,12 +633,19 @@ class DataChain(_LangevinChain):
             rows: identity); the gradient reaching x0 or the parameters through a replaced chain's
             discarded steps can still be NaN (its zero cotangent times a NaN Jacobian).
         reinit_fn: callable n -> n fresh states, used with ``on_nonfinite="reinit"`` only.
+        compile: False, True, or a dict of ``torch.compile`` options: run the K steps as compiled
+            blocks of ``compile_block`` unrolled steps (default up to 20; energy, gradient, update,
+            MALA test, clamp, clip and stats in one graph each; same noise stream, results equal to
+            float rounding). The first run of a shape compiles (``chain.compile_seconds``); later
+            runs and optimizer steps on the energy's parameters reuse the graph. An energy that
+            cannot be compiled gives a RuntimeWarning and the chain runs uncompiled
+            (``chain.compile_failed`` says why). Runs with ``return_trajectory=True`` run uncompiled.
     """
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, noise_scale,
                  clamp=None, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
                  differentiable=False, track_stats=True, on_nonfinite="raise",
-                 reinit_fn: Callable[[int], torch.Tensor] | None = None):
+                 reinit_fn: Callable[[int], torch.Tensor] | None = None, compile=False, compile_block=None):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
         if reinit_fn is not None and not callable(reinit_fn):
@@ -620,7 +653,8 @@ class DataChain(_LangevinChain):
         self.energy = energy
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, clamp=clamp,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
-                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite)
+                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite,
+                         compile=compile, compile_block=compile_block)
         if reinit_fn is not None and self.on_nonfinite != "reinit":
             raise ValueError(f"reinit_fn is used only with on_nonfinite='reinit', but on_nonfinite={on_nonfinite!r}")
         self.reinit_fn = reinit_fn
@@ -660,7 +694,7 @@ class LatentChain(_LangevinChain):
 
     def __init__(self, generator: Callable[[torch.Tensor], torch.Tensor], *, sigma: float, n_steps, step_size,
                  noise_scale, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
-                 differentiable=False, track_stats=True, on_nonfinite="raise"):
+                 differentiable=False, track_stats=True, on_nonfinite="raise", compile=False, compile_block=None):
         if not callable(generator):
             raise TypeError(f"generator must be callable (z -> x), got {type(generator).__name__}")
         sigma = _optional_positive("sigma", sigma)
@@ -670,7 +704,8 @@ class LatentChain(_LangevinChain):
         self._observed = None
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, prior_weight=1.0,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
-                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite)
+                         differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite,
+                         compile=compile, compile_block=compile_block)
 
     @property
     def reinit_seed(self) -> int:
@@ -723,3 +758,26 @@ class LatentChain(_LangevinChain):
         _check_state("z0", z0)
         self._bind(z0, x)
         return self._run(z0, return_trajectory, thin, name="z0")
+
+
+def sample(energy: Callable[[torch.Tensor], torch.Tensor], n: int, shape, *, n_steps: int, step_size, noise_scale,
+           init: str = "normal", seed: int = 0, device="cpu", dtype=torch.float32, **chain_options) -> torch.Tensor:
+    """n samples of exp(-energy) by a short-run chain from noise: one call, no chain object.
+
+    ``shape`` is one sample's shape (the state is [n, *shape]); ``init`` is "normal" (N(0, I))
+    or "uniform" (U(-1, 1)), drawn from the package's Philox stream keyed ``seed ^ REINIT_SEED_XOR``
+    so that a call is reproducible from ``seed`` alone. Other keyword arguments go to
+    :class:`DataChain` (clamp, mala, grad_clip, on_nonfinite, ...). For persistent chains, or
+    to read ``chain.stats``, build a DataChain instead.
+    """
+    n = _positive_int("n", n)
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if init not in ("normal", "uniform"):
+        raise ValueError(f"init={init!r} is not allowed; allowed values: 'normal', 'uniform'")
+    numel = n * math.prod(shape)
+    draws = philox_normal(numel, seed=int(seed) ^ REINIT_SEED_XOR, offset=0, device=device).reshape(n, *shape)
+    if init == "uniform":   # the normal CDF maps N(0, 1) draws to U(0, 1)
+        draws = 2.0 * torch.special.ndtr(draws) - 1.0
+    chain = DataChain(energy, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, seed=seed,
+                      **chain_options)
+    return chain.run(draws.to(dtype))

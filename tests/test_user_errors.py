@@ -111,3 +111,16 @@ def test_chains_refuse_inference_mode_with_a_message():
     chain = lk.DataChain(quadratic, n_steps=2, step_size=0.01, noise_scale=0.1)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="cannot run under torch.inference_mode"):
         chain.run(torch.zeros(4, 2))
+
+
+def test_one_call_sample_is_reproducible_and_samples_the_target():
+    # N(0, I) target from U(-1, 1) starts: 200 ULA steps at a = 0.05 mix (contraction
+    # (1 - a)^200 ~ 4e-5); stationary variance 1 / (1 - a/2) = 1.026, and 2000 x 2 draws give a
+    # standard error of ~0.023 on it, so 0.12 is > 5 standard errors.
+    kwargs = dict(n_steps=200, step_size=0.05, noise_scale=0.1 ** 0.5, init="uniform", seed=4)
+    x = lk.sample(quadratic, 2000, 2, **kwargs)
+    assert x.shape == (2000, 2)
+    assert torch.equal(x, lk.sample(quadratic, 2000, 2, **kwargs))
+    assert abs(x.var().item() - 1 / (1 - 0.025)) < 0.12
+    with pytest.raises(ValueError, match="init='gauss' is not allowed"):
+        lk.sample(quadratic, 4, 2, n_steps=1, step_size=0.1, noise_scale=0.1, init="gauss")

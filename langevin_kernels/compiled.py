@@ -1,0 +1,169 @@
+"""compile=True for DataChain / LatentChain: K steps as a few compiled blocks of unrolled steps.
+
+What a chain costs per step at the sizes EBM users run is mostly host work: the energy's
+forward and backward as separate eager ops, the op call, Python. torch.compile removes it
+only if many steps share one compiled call, so the run is cut into blocks of S steps
+(``compile_block``, default up to 20) and each block, energy + gradient + update (+ MALA's
+accept test, clamp, grad clip and statistics), is one graph that inductor fuses. The update is
+written as tensor math inside the graph, so it fuses with the gradient's last kernel; its noise
+is the package's Philox stream, drawn by one ``philox_normal`` call per block outside the graph
+(exactly the normals the uncompiled chain draws, step by step), so compiled and uncompiled runs
+agree to float rounding. Offsets, step sizes and noise are tensors, so neither a new offset, a
+schedule, nor an optimizer step on the energy's parameters recompiles; a new state shape,
+dtype or block length does (once each).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import torch
+
+from .ops import noise_offset_advance, philox_normal
+
+log = logging.getLogger("langevin_kernels")
+DEFAULT_MAX_BLOCK = 20
+
+
+def block_length(n_steps: int, max_block: int) -> int:
+    """Steps per compiled block: a divisor of n_steps near max_block when there is one (one graph
+    for the whole run), else max_block (a second graph compiles for the remainder)."""
+    if n_steps <= max_block:
+        return n_steps
+    for s in range(max_block, max(max_block // 2, 1) - 1, -1):
+        if n_steps % s == 0:
+            return s
+    return max_block
+
+
+def compile_options(value) -> dict | None:
+    """compile=False/True/dict -> None or torch.compile keyword arguments (fullgraph forced)."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return {"fullgraph": True}
+    if isinstance(value, dict):
+        return {**value, "fullgraph": True}
+    raise TypeError(f"compile must be True, False or a dict of torch.compile options, got {value!r}")
+
+
+class CompiledRunner:
+    """Runs a chain's K steps through compiled blocks (owned by the chain; see module docstring)."""
+
+    def __init__(self, chain, options: dict, max_block: int):
+        self.chain = chain
+        self.max_block = max_block
+        self.compiled = torch.compile(self._block, **options)
+        self.failed: str | None = None      # why compilation failed (the chain then runs uncompiled)
+        self.compile_seconds = 0.0
+        self._seen: set = set()
+
+    # --- the graph ---------------------------------------------------------------------
+
+    def _block(self, x, noise, accept_normals, step_sizes, noise_scales):
+        """len(noise) steps from x; returns x and per-step [S, B] records for ChainStats."""
+        chain = self.chain
+        records = []
+        current = chain._mala_current(x) if chain.mala else None
+        for j in range(noise.shape[0]):
+            a, s = step_sizes[j], noise_scales[j]
+            if chain.mala:
+                x, current, rec = self._mala(x, current, a, s, noise[j], accept_normals[j])
+            else:
+                energy, grad = chain._energy_and_grad(x)
+                grad, norms = chain._clip(grad)
+                rec = chain._diagnostics(chain._with_prior(energy, x), norms, None) if chain.track_stats else None
+                x = self._update(x, grad, a, s, noise[j], chain.clamp)
+            records.append(rec)
+        if not chain.track_stats:
+            return x, None
+        return x, [torch.stack(part) if part[0] is not None else None for part in zip(*records)]
+
+    def _update(self, x, grad, a, s, noise, clamp):
+        """The op's formula in its math dtype (float32, float64 for float64 states)."""
+        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xm = x.to(math_dtype)
+        y = xm - a.to(math_dtype) * (grad.to(math_dtype) + self.chain.prior_weight * xm) + s.to(math_dtype) * noise
+        if clamp is not None:
+            y = y.clamp(min=clamp[0], max=clamp[1])
+        return y.to(x.dtype)
+
+    def _mala(self, x, current, a, s, noise, accept_normal):
+        from .chains import _broadcast, log_q_ratio
+        chain = self.chain
+        energy_x, grad_x, norms_x = current
+        y = self._update(x, grad_x, a, s, noise, None)
+        energy_y, grad_y, norms_y = chain._mala_current(y)
+        lam = chain.prior_weight
+        drift_x, drift_y = (grad_x + lam * x, grad_y + lam * y) if lam else (grad_x, grad_y)
+        log_alpha = energy_x.float() - energy_y.float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
+        accept = torch.special.log_ndtr(accept_normal) < log_alpha
+        if chain.clamp is not None:
+            accept = accept & chain._inside_box(y)
+        x = torch.where(_broadcast(accept, x), y, x)
+        current = (torch.where(accept, energy_y, energy_x), torch.where(_broadcast(accept, grad_x), grad_y, grad_x),
+                   torch.where(accept, norms_y, norms_x))
+        rec = None
+        if chain.track_stats:
+            bad = ~(torch.isfinite(energy_y) & torch.isfinite(norms_y))
+            rec = chain._diagnostics(current[0], current[2], accept, bad)
+        return x, current, rec
+
+    # --- the run -----------------------------------------------------------------------
+
+    def _draws(self, seed, offset, n_steps, numel, keep, device, rng_row):
+        """[n_steps, keep] normals: row j = philox_normal(keep, seed, offset + j * advance)."""
+        advance = noise_offset_advance(numel)
+        flat = philox_normal(4 * advance * n_steps, seed=seed, offset=offset, device=device, rng_state=rng_row)
+        return flat.view(n_steps, 4 * advance)[:, :keep]
+
+    def run(self, x, base_offset, rng_state):
+        """The chain's K steps from x (a fresh tensor); (x, stats records) or None when the
+        energy could not be compiled (the caller then runs the uncompiled loop)."""
+        chain = self.chain
+        advance = noise_offset_advance(x.numel())
+        S = block_length(chain.n_steps, self.max_block)
+        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        a_all = torch.tensor(chain.step_sizes, dtype=math_dtype, device=x.device)
+        s_all = torch.tensor(chain.noise_scales, dtype=math_dtype, device=x.device)
+        steps = []
+        for k0 in range(0, chain.n_steps, S):
+            n = min(S, chain.n_steps - k0)
+            offset = (base_offset + k0 * advance) % (1 << 64)
+            noise = self._draws(chain.seed, offset, n, x.numel(), x.numel(), x.device,
+                                None if rng_state is None else rng_state[0]).view(n, *x.shape)
+            accept = None
+            if chain.mala:
+                accept = self._draws(chain.accept_seed, offset, n, x.numel(), x.shape[0], x.device,
+                                     None if rng_state is None else rng_state[1])
+            out = self._call(x, noise, accept, a_all[k0:k0 + n], s_all[k0:k0 + n])
+            if out is None:
+                return None
+            x, records = out
+            if records is not None:
+                steps.extend(zip(*(r.unbind(0) if r is not None else [None] * n for r in records)))
+        return x, steps
+
+    def _call(self, *args):
+        x = args[0]
+        key = (tuple(x.shape), x.dtype, x.device, args[1].shape[0])
+        first = key not in self._seen
+        t0 = time.perf_counter()
+        try:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                out = self.compiled(*args)
+        except Exception as exc:   # noqa: BLE001 - any tracing/compile failure means: run uncompiled
+            if not first:
+                raise
+            self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
+                          f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
+            return None
+        if first:
+            self._seen.add(key)
+            seconds = time.perf_counter() - t0
+            self.compile_seconds += seconds
+            log.info("%s: compiled a %d-step block for %s %s in %.1f s", type(self.chain).__name__,
+                     key[3], key[0], key[1], seconds)
+        return out

@@ -28,7 +28,7 @@ $(DEPS_STAMP): | $(PY)
 	    pytest pytest-benchmark pytest-timeout hypothesis tqdm matplotlib scikit-learn
 	touch $(DEPS_STAMP)
 
-# --no-build-isolation: compile against the torch installed above (BUILD_NOTES.md).
+# --no-build-isolation: compile against the torch installed above (docs/building.md).
 build: $(DEPS_STAMP)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 

@@ -1,4 +1,4 @@
-// The one noise stream of langevin-kernels (DESIGN.md section 4), shared by the
+// The one noise stream of langevin-kernels (docs/noise.md), shared by the
 // C++ CPU kernel and the CUDA kernel. The Triton kernel
 // (langevin_kernels/triton_kernels.py) implements the same arithmetic step by step,
 // and langevin_kernels/reference.py is an independent float64 rendering of the
@@ -147,7 +147,7 @@ LK_HD void normals_at(uint64_t seed, uint64_t c, float n[4]) {
   box_muller4(ctr, n);
 }
 
-// The update of DESIGN section 3 in the math type T (float for 16- and 32-bit
+// The update of docs/op.md in the math type T (float for 16- and 32-bit
 // states, double for float64). Bounds are +-inf when no clamp is asked for; the
 // comparisons (not fmin/fmax) keep NaN as NaN, as torch.clamp does.
 template <typename T>

@@ -1,6 +1,6 @@
 """Which implementation runs the op: selection, availability and the kernel calls.
 
-Four backends sit behind the one op (DESIGN section 3):
+Four backends sit behind the one op (docs/op.md):
 
   triton  Triton kernel (triton_kernels.py); CUDA tensors, or CPU tensors when
           TRITON_INTERPRET=1 was set before import (the test path on CPU machines)

@@ -1,4 +1,4 @@
-"""The fused Langevin-update ops (DESIGN section 3) and their public Python API.
+"""The fused Langevin-update ops (docs/op.md) and their public Python API.
 
     y = clamp(x - a * (grad + lam * x) + s * xi, lo, hi)
 
@@ -395,7 +395,7 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
 
 def philox_normal(n: int, *, seed: int, offset: int = 0, device="cpu", dtype=torch.float32,
                   rng_state: torch.Tensor | None = None) -> torch.Tensor:
-    """The first n standard normals of the noise stream at (seed, offset), DESIGN section 4.
+    """The first n standard normals of the noise stream at (seed, offset), docs/noise.md.
 
     ``langevin_step(x, g, seed=S, offset=O, ...)`` uses exactly
     ``philox_normal(x.numel(), seed=S, offset=O).reshape(x.shape)`` as its noise

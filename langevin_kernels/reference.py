@@ -1,6 +1,6 @@
 """Eager reference of the noise stream and the update: the oracle and the fallback.
 
-Written from DESIGN.md sections 3-4 as literally as possible, in plain torch ops,
+Written from docs/op.md and docs/noise.md as literally as possible, in plain torch ops,
 so that it runs on any device, stays capturable in a CUDA graph (no host reads
 of device values) and can be checked by eye. Philox runs on int64 tensors holding
 32-bit words; the Box-Muller transform runs in float64, which is exact enough that
@@ -56,7 +56,7 @@ def _as_int64(value: int) -> int:
 
 def philox_normal(n: int, *, seed: int, offset: int, device="cpu", dtype=torch.float32,
                   rng_state: torch.Tensor | None = None) -> torch.Tensor:
-    """The first n values of the stream at (seed, offset), DESIGN section 4.
+    """The first n values of the stream at (seed, offset), docs/noise.md.
 
     With rng_state (int64[2] = seed, base offset) the seed is rng_state[0] and the
     offset rng_state[1] + offset, read on the device.

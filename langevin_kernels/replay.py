@@ -1,4 +1,4 @@
-"""Persistent-chain replay buffer (DESIGN section 5), living on the chains' device.
+"""Persistent-chain replay buffer (docs/chains.md), living on the chains' device.
 
     buffer = lk.ReplayBuffer(10_000, (2,), reinit_prob=0.05,
                              init_fn=lambda n: torch.rand(n, 2) * 2 - 1, device="cuda")

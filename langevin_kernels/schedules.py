@@ -1,4 +1,4 @@
-"""Per-step schedules for a chain's step size and noise scale (DESIGN section 5).
+"""Per-step schedules for a chain's step size and noise scale (docs/chains.md).
 
 A chain accepts, for ``step_size`` and ``noise_scale``, a number (constant), a
 sequence with one value per step, or one of the schedule objects below. Every

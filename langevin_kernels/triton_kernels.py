@@ -3,7 +3,7 @@
 The arithmetic mirrors csrc/philox.h line for line (Philox4x32-10, then the
 branch-free float32 Box-Muller of that header), so Triton, C++ and CUDA draw the
 same noise. Each program owns BLOCK groups of four consecutive elements: one
-Philox call per group (DESIGN section 4), and the [BLOCK, 4] tiles of x, grad and
+Philox call per group (docs/noise.md), and the [BLOCK, 4] tiles of x, grad and
 y are loaded and stored as 16-byte vectors per thread.
 
 Roofline of the update (fp32, no explicit noise): 12 bytes per element (read x,

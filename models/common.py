@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Bounds of the encoders' log-variance head (ALGORITHMS.md section 4).
+#: Bounds of the encoders' log-variance head (docs/training.md, "Notation").
 LOGVAR_RANGE = (-8.0, 4.0)
 
 

@@ -1,4 +1,4 @@
-"""Reference architectures for 32x32 and 64x64 RGB images (ALGORITHMS.md section 1).
+"""Reference architectures for 32x32 and 64x64 RGB images (docs/training.md, "Architectures").
 
 Images are [B, 3, S, S] with S in {32, 64}, scaled to [-1, 1]; latent codes z ~ N(0, I_d), d = 128.
 - ResNetEnergy: residual down-blocks, no BatchNorm, spectral norm on every layer, global average

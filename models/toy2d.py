@@ -1,4 +1,4 @@
-"""MLPs for 2-D toy densities (ALGORITHMS.md section 4).
+"""MLPs for 2-D toy densities (docs/training.md, "Architectures").
 
 Inputs are points in R^2 (the toys live roughly in [-4.5, 4.5]^2); latent codes are N(0, I) in R^d.
 """

@@ -1,4 +1,4 @@
-"""An independent rendering of DESIGN.md section 4 in numpy (uint64 words, float64 math).
+"""An independent rendering of docs/noise.md in numpy (uint64 words, float64 math).
 
 Kept apart from langevin_kernels.reference on purpose: the tests check every
 backend, the reference included, against this text-level implementation.
@@ -31,7 +31,7 @@ def philox(c0, c1, c2, c3, k0, k1):
 
 
 def normal_stream(n, seed, offset):
-    """The first n normals at (seed, offset), exactly as DESIGN.md section 4 words it."""
+    """The first n normals at (seed, offset), exactly as docs/noise.md words it."""
     groups = (n + 3) // 4
     c = (np.uint64(offset) + np.arange(groups, dtype=np.uint64))  # wraps mod 2^64 like the spec's uint64
     zero = np.zeros(groups, dtype=np.uint64)

@@ -1,4 +1,4 @@
-"""The noise stream (DESIGN.md section 4): known answers, equality across backends
+"""The noise stream (docs/noise.md): known answers, equality across backends
 and with an independent rendering of the spec, and its statistics."""
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) of the public ops: lk.langevin_step, lk.langevin_step_
-and lk.philox_normal (DESIGN.md sections 3 and 4).
+and lk.philox_normal (docs/op.md and docs/noise.md).
 
 tests/test_ops.py and tests/test_noise.py pin the contract with hand-picked examples; the
 properties here generalise them over generated shapes (0-size, 1-element, up to ~20k
@@ -106,8 +106,8 @@ def run_property(name: str, backend: str | None, max_examples: int, *strategies,
 #    (< 6 roundings, first order), plus 8 subnormal steps of the math type for underflow;
 #  * NOISE_ERR * s with the kernels' own noise: their float32 Box-Muller (log, sqrt, cos/sin
 #    polynomials) is within 3e-6 of the exact stream by analysis (tests/test_noise.py);
-#  * the coefficients a, s, lam and the clamp bounds are numbers of the math type (DESIGN
-#    section 3: math in float32), so the oracle uses them rounded to float32 for 16/32-bit
+#  * the coefficients a, s, lam and the clamp bounds are numbers of the math type (docs/op.md,
+#    "Dtypes and precision": math in float32), so the oracle uses them rounded to float32 for 16/32-bit
 #    states: a step_size below float32's range is 0 to the kernel.
 OUT_ROUND = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8,
              torch.float64: 2.0**-53}
@@ -581,7 +581,7 @@ TINY_STEPS = [0.0, -0.0, 5e-324, 1e-300, 1e-45, 1e-40]
 
 
 def test_extreme_coefficients(cpu_backend):
-    # DESIGN section 3: step_size and noise_scale are >= 0 (any finite size), math is float32
+    # docs/op.md: step_size and noise_scale are >= 0 (any finite size), math is float32
     # for 16/32-bit states. Coefficients float32 cannot hold (>= 2^128 - 2^103, which float32
     # rounds to inf and would turn a*0 into NaN) are refused for those states, naming the
     # argument; float64 states take them. Tiny ones are float32 zeros to the kernel.
@@ -742,7 +742,7 @@ def test_seed_and_offset_out_of_range_are_refused():
 
 
 def test_philox_normal_prefix_and_counter_layout(cpu_backend):
-    # DESIGN section 4: element i uses counter offset + i // 4 and is n_(i mod 4) of it, so
+    # docs/noise.md: element i uses counter offset + i // 4 and is n_(i mod 4) of it, so
     # philox_normal(N, o)[k:] is philox_normal(N - 4j, o + j)[k - 4j:] with j = k // 4 (for
     # k % 4 == 0 a plain shift by j counters), and every prefix is the shorter draw.
     @run_property("philox_prefix_and_layout", cpu_backend, 80,

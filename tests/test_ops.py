@@ -1,4 +1,4 @@
-"""The op contract (DESIGN.md section 3): values, layouts, dtypes, in-place form,
+"""The op contract (docs/op.md): values, layouts, dtypes, in-place form,
 autograd, opcheck, torch.compile, and one test per input error."""
 import math
 

@@ -1,10 +1,10 @@
 """Training configurations: one dataclass, four presets (toy2d, digits, cifar10, celeba64).
 
-Chain settings follow ALGORITHMS.md's notation: a data-chain step is
+Chain settings follow the notation of docs/training.md: a data-chain step is
 ``x <- x - (s_x^2 / 2) dE/dx + n_x * noise`` (op step_size a = s_x^2/2, noise_scale n_x), which
 samples exp(-E/T) with T = (n_x / s_x)^2; the EBM loss is divided by T. The image presets carry
-the reference hyper-parameters of dual-MCMC teaching (ALGORITHMS.md section 1); toy2d carries the
-calibration of section 4; digits is ours (a small CPU problem).
+the reference hyper-parameters of dual-MCMC teaching (docs/training.md); toy2d carries the
+project's calibration on the 2-D toys; digits is ours (a small CPU problem).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class TrainConfig:
     latent_dim: int = 2
     sigma: float = 0.1            # generator observation noise (L_G is the reference's plain SSE)
     latent_sigma: float = 0.1     # sigma the LatentChain uses (reference parity: sigma / sqrt(2))
-    # data chain (EBM), ALGORITHMS.md section 1 step 2
+    # data chain (EBM), docs/training.md (dual-MCMC, step 2)
     x_steps: int = 20
     x_step: float = 0.1           # s_x: drift a = s_x^2 / 2
     x_noise: float = 0.1          # n_x

@@ -69,7 +69,7 @@ def _eight_gaussians() -> ToyDataset:
 
 
 def _twentyfive_gaussians() -> ToyDataset:
-    # 5x5 grid, spacing 1.4, std 0.1 (the calibration problem of ALGORITHMS.md section 4).
+    # 5x5 grid, spacing 1.4, std 0.1 (the toy2d calibration problem of docs/training.md).
     ticks = 1.4 * np.arange(-2, 3)
     centres = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
     sample, log_density = _gaussian_mixture(centres, 0.1)

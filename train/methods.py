@@ -1,4 +1,4 @@
-"""Dual-MCMC teaching and its baselines, sharing one set of pieces (ALGORITHMS.md sections 1-2).
+"""Dual-MCMC teaching and its baselines, sharing one set of pieces (docs/training.md).
 
 Each method owns its models, optimisers and chains and exposes ``train_step(x_data) -> losses``
 and ``sample(n) -> {"ebm": ..., "generator": ...}``. The Langevin updates are always
@@ -51,7 +51,7 @@ def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
 
 def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n: float, seed: int,
                 on_nonfinite: str = "raise") -> DataChain | LatentChain:
-    """Every chain the methods run is built here (ALGORITHMS.md notation: a step
+    """Every chain the methods run is built here (docs/training.md notation: a step
     ``x <- x - (s^2 / 2) dE/dx + n * noise``, so step_size = s^2 / 2 and noise_scale = n).
 
     kind "data": a DataChain on the energy ``model`` (clamp cfg.x_clamp); kind "latent": a
@@ -271,7 +271,7 @@ class GeneratorInitialised(Method):
 
 
 class DualMCMC(GeneratorInitialised):
-    """Dual-MCMC teaching (ALGORITHMS.md section 1): EBM, generator and inference model."""
+    """Dual-MCMC teaching (docs/training.md): EBM, generator and inference model."""
 
     uses = ("energy", "generator", "encoder")
 

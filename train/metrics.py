@@ -1,4 +1,4 @@
-"""What "it learned" means (DESIGN section 7, ALGORITHMS.md section 3).
+"""What "it learned" means (docs/metrics.md).
 
 2-D: grid KL / TV of the normalised model density vs the true density, unbiased MMD^2 (RBF,
 median heuristic), modes covered and realistic ratio. Digits: Frechet distance in the

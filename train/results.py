@@ -123,7 +123,7 @@ def write_report(all_cells: list[Cell], out_root: str, path: str, wall: dict[str
         "the same preset (network sizes, chain lengths, learning rates) and the same iteration budget;",
         "CPU, one thread per run. Lower is better except modes covered.",
         "",
-        "Metrics (DESIGN §7, ALGORITHMS.md §3): *grid KL* is KL(data ‖ model) of exp(-E/T) normalised on a",
+        "Metrics ([docs/metrics.md](../docs/metrics.md)): *grid KL* is KL(data ‖ model) of exp(-E/T) normalised on a",
         "200×200 grid; *MMD²* is the unbiased squared MMD between 5000 model samples and 5000 data samples",
         "(EBM chain: the method's own evaluation chain on the EBM; generator: ancestral samples);",
         "*modes* counts mixture components (of 8, 25, or 5 rings) that receive at least 10% of a uniform",

@@ -1,6 +1,6 @@
 """What every suite shares: variants, the timing method, result rows and the machine record.
 
-Timing method (issue 6, DESIGN section 8):
+Timing method (issue 6, docs/benchmarks.md):
 - every variant of a case runs in one process, one after the other, with the same thread
   count (torch's intra-op pool also drives the C++ kernel's at::parallel_for);
 - a warm-up call (which also compiles, for torch.compile variants; its time is reported
@@ -206,7 +206,7 @@ def pool_size(bytes_per_input: int, *, device: torch.device, quick: bool) -> int
 def tolerance(dtype: torch.dtype, *, chain_steps: int = 1) -> float:
     """Absolute tolerance between a variant and the float32 reference, for values of order 1.
 
-    float32: the backends' log/sqrt/cos differ from torch's by a few ulp (DESIGN section 4) and
+    float32: the backends' log/sqrt/cos differ from torch's by a few ulp (docs/noise.md) and
     fused kernels round once where eager rounds per op: ~1e-6 per step; chains add the
     network's own rounding (compiled matmuls reassociate) amplified by at most (1 + a L) per
     step, so 1e-4 is generous for the short chains here yet far below a real bug (a wrong

@@ -6,7 +6,7 @@ BaseSDERungeKuttaIntegrator.step):
 
     x_new = x + eta * (-grad E(x)) + sqrt(2 * noise_scale_tebm^2) * sqrt(eta) * randn
 
-Our op (DESIGN section 3) is y = x - a * grad + s * xi. So the same update is
+Our op (docs/op.md) is y = x - a * grad + s * xi. So the same update is
 
     eta = a,   noise_scale_tebm = s / sqrt(2 a),
 

@@ -1,7 +1,7 @@
 // C++ CPU kernels of the internal ops declared in ../register.cpp.
 //
 // Work is split over ATen's thread pool (OpenMP) in whole groups of four elements
-// (one Philox counter each, DESIGN section 4), so results never depend on the
+// (one Philox counter each, docs/noise.md), so results never depend on the
 // thread count. Each task walks its groups in blocks: the block's normals are
 // made W counters at a time by the SIMD kernels (simd_kernels.h) into a buffer
 // that stays in L1, then the update runs over the block's elements. The SIMD

@@ -9,14 +9,14 @@
 // chunk is one 16-byte vector of x, grad and y for 32- and 16-bit types (float4:
 // 4 elements = one Philox group; 8 halfs = two groups) and two 16-byte vectors
 // for float64 (4 doubles = one group). So every Philox call (csrc/philox.h,
-// DESIGN section 4) serves exactly four elements, whatever the launch shape, and
+// docs/noise.md) serves exactly four elements, whatever the launch shape, and
 // the noise equals the CPU kernel's. Threads stride over the chunks with a grid
 // of one resident wave; the last, partial chunk and tensors whose pointers are
 // not 16-byte aligned (views with a storage offset) take the element-wise path.
 //
 // Headers: only light ones, because nvcc parses them once for the host and once
 // per GPU architecture. ATen/cuda/CUDAContext.h would also pull in cusparse.h,
-// which minimal CUDA toolkits lack (BUILD_NOTES.md); ATen/ATen.h instead of
+// which minimal CUDA toolkits lack (docs/building.md); ATen/ATen.h instead of
 // ATen/core/Tensor.h (Tensor methods only) costs ~40% more parse time.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves that every CUDA source (csrc/cuda/*.cu) still compiles, on a machine
-# without a GPU (BUILD_NOTES.md, "CUDA extension on a machine without a GPU").
+# without a GPU (docs/building.md, "CUDA kernels").
 #
 #   .ci/cuda_compile_check.sh          nvcc -c of each .cu against the torch headers
 #                                      of $PYTHON's torch (the CPU wheel is enough);

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image configs: a local TorchScript Inception feature network for FID (see train/fid.py); "
                         "default: none, FID skipped and metrics.json says why")
     p.add_argument("--compile", action="store_true",
-                   help="compile the chains' steps with torch.compile (faster on GPU after a warm-up)")
+                   help="run the chains as torch.compile blocks (faster on small states after a compile of 10-60 s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads on the CPU (default: torch's choice, all cores)")
     p.add_argument("--no-progress", action="store_true",

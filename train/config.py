@@ -77,7 +77,7 @@ class TrainConfig:
     eval_x_steps: int = 0         # 0: the training chain settings
     eval_x_step: float = 0.0
     eval_x_noise: float = 0.0
-    compile: bool = False         # chains compile their step (torch.compile): faster on GPU, a warm-up first
+    compile: bool = False         # chains run as compiled blocks (torch.compile): compile once, faster per step
     bn_parity: bool = True        # True: models stay in train mode inside chains and chain inits (reference);
                                   # False: eval mode there (BatchNorm running statistics)
 

@@ -56,8 +56,8 @@ def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n
 
     kind "data": a DataChain on the energy ``model`` (clamp cfg.x_clamp); kind "latent": a
     LatentChain on the generator ``model`` (sigma cfg.latent_sigma). Statistics are off (the
-    trainer does not read them). ``compile=True`` is passed only when cfg.compile is set, so chains
-    without that option keep working for every run that does not ask for it.
+    trainer does not read them). ``compile=True`` (cfg.compile, --compile) runs each chain as
+    compiled blocks (docs/chains.md, "Compiled chains").
     """
     options = dict(n_steps=n_steps, step_size=s * s / 2, noise_scale=n, seed=seed, track_stats=False,
                    on_nonfinite=on_nonfinite)
@@ -69,13 +69,7 @@ def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n
         make, options = LatentChain, dict(options, sigma=cfg.latent_sigma)
     else:
         raise ValueError(f"kind={kind!r} is not a chain kind; allowed: 'data', 'latent'")
-    try:
-        return make(model, **options)
-    except TypeError as err:
-        if cfg.compile and "compile" in str(err):
-            raise ValueError(f"compile=True (--compile): this langevin_kernels' {make.__name__} has no compile "
-                             "option; run without --compile") from err
-        raise
+    return make(model, **options)
 
 
 def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ $(PY):
 $(DEPS_STAMP): | $(PY)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy pybind11 ninja \
-	    pytest pytest-benchmark pytest-timeout hypothesis tqdm matplotlib scikit-learn
+	    pytest pytest-benchmark pytest-timeout hypothesis tqdm matplotlib scikit-learn arviz
 	touch $(DEPS_STAMP)
 
 # --no-build-isolation: compile against the torch installed above (docs/building.md).

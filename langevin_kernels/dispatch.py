@@ -51,7 +51,7 @@ if os.environ.get("LANGEVIN_BACKEND"):
 
 # select() is on every op call's path: its answer per (device, dtype, forced backend) is
 # computed once. Availability does not change while the process runs (the extension, triton
-# and the CUDA devices are fixed at import), except for TRITON_INTERPRET, read at select time.
+# and the CUDA devices are fixed at import; Triton reads TRITON_INTERPRET once, at import, too).
 _selected: dict = {}
 
 
@@ -129,7 +129,7 @@ def backends() -> dict[str, str]:
 def select(device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The backend that runs tensors of `dtype` on `device` now (cached per device, dtype and
     forced backend)."""
-    key = (device, dtype, _forced, _triton_interpreted())
+    key = (device, dtype, _forced)
     name = _selected.get(key)
     if name is None:
         name = _selected[key] = _select_uncached(device, dtype)

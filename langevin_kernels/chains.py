@@ -339,7 +339,7 @@ class _LangevinChain:
             else:
                 leaf = x.detach().requires_grad_(True)
             energy = self._energy(leaf)
-            if type(energy) is not torch.Tensor and not isinstance(energy, torch.Tensor):
+            if not isinstance(energy, torch.Tensor):
                 raise TypeError(f"the energy must return a tensor of per-chain energies, shape [{x.shape[0]}]; "
                                 f"got {type(energy).__name__}")
             if energy.shape != (x.shape[0],):
@@ -369,9 +369,8 @@ class _LangevinChain:
 
     def _diagnostics(self, energy, norms, accepted, bad=None):
         """This step's per-chain record (energy incl. prior, grad norm, MALA's accept decisions and
-        non-finite proposals) or None; nothing is reduced here (ChainStats.table does it once)."""
-        if not self.track_stats:
-            return None
+        non-finite proposals); nothing is reduced here (ChainStats.table does it once). Called only
+        with track_stats, so untracked runs skip even the prior term's energy."""
         return energy.detach(), norms.detach(), accepted, bad
 
     # --- one step ----------------------------------------------------------------------
@@ -400,17 +399,21 @@ class _LangevinChain:
         return self._with_prior(energy, x), grad, norms
 
     def _mala_step(self, x, k, offset, rng_state, current):
-        energy_x, grad_x, norms_x = current
-        a, s = self.step_sizes[k], self.noise_scales[k]
         # The proposal is the unclamped op (a proper Gaussian); the clamp box becomes the
-        # target's support instead: proposals outside it are rejected below.
-        y = langevin_step(x, grad_x, **self._op_kwargs(k, offset, None if rng_state is None else rng_state[0]))
+        # target's support instead: proposals outside it are rejected in _mala_accept.
+        y = langevin_step(x, current[1], **self._op_kwargs(k, offset, None if rng_state is None else rng_state[0]))
+        normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device,
+                                rng_state=None if rng_state is None else rng_state[1])
+        return self._mala_accept(x, y, current, self.step_sizes[k], self.noise_scales[k], normals)
+
+    def _mala_accept(self, x, y, current, a, s, normals):
+        """MALA's accept test of proposal y from x with the accept stream's normals; returns
+        (state, what the next step carries, this step's record). Shared with compiled blocks."""
+        energy_x, grad_x, norms_x = current
         energy_y, grad_y, norms_y = self._mala_current(y)
         lam = self.prior_weight
         drift_x, drift_y = (grad_x + lam * x, grad_y + lam * y) if lam else (grad_x, grad_y)
         log_alpha = energy_x.float() - energy_y.float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
-        normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device,
-                                rng_state=None if rng_state is None else rng_state[1])
         # NaN/inf energies make log_alpha NaN or -inf: the comparison rejects them.
         accept = torch.special.log_ndtr(normals) < log_alpha
         if self.clamp is not None:

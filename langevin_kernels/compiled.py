@@ -90,25 +90,8 @@ class CompiledRunner:
         return y.to(x.dtype)
 
     def _mala(self, x, current, a, s, noise, accept_normal):
-        from .chains import _broadcast, log_q_ratio
-        chain = self.chain
-        energy_x, grad_x, norms_x = current
-        y = self._update(x, grad_x, a, s, noise, None)
-        energy_y, grad_y, norms_y = chain._mala_current(y)
-        lam = chain.prior_weight
-        drift_x, drift_y = (grad_x + lam * x, grad_y + lam * y) if lam else (grad_x, grad_y)
-        log_alpha = energy_x.float() - energy_y.float() + log_q_ratio(x, y, drift_x, drift_y, a, s).float()
-        accept = torch.special.log_ndtr(accept_normal) < log_alpha
-        if chain.clamp is not None:
-            accept = accept & chain._inside_box(y)
-        x = torch.where(_broadcast(accept, x), y, x)
-        current = (torch.where(accept, energy_y, energy_x), torch.where(_broadcast(accept, grad_x), grad_y, grad_x),
-                   torch.where(accept, norms_y, norms_x))
-        rec = None
-        if chain.track_stats:
-            bad = ~(torch.isfinite(energy_y) & torch.isfinite(norms_y))
-            rec = chain._diagnostics(current[0], current[2], accept, bad)
-        return x, current, rec
+        y = self._update(x, current[1], a, s, noise, None)   # unclamped proposal, as in the uncompiled step
+        return self.chain._mala_accept(x, y, current, a, s, accept_normal)
 
     # --- the run -----------------------------------------------------------------------
 

@@ -275,15 +275,15 @@ _NOISE_POSITION_HELP = ("pass seed= and offset= (a loop advances offset by lk.no
                         "per step so that no two steps share noise), or use lk.DataChain, which does it for you")
 
 
-def _noise_position(seed, offset, noise, noise_scale, rng_state):
+def _noise_position(x, grad, seed, offset, noise, noise_scale, rng_state, checked_args):
     """seed and offset, required whenever the op draws noise: a default would make a
     hand-written loop draw the same noise at every step without a word."""
     if seed is not None and offset is not None:
         return seed, offset
-    if rng_state is not None:   # the device tensor holds the seed and base offset
+    if rng_state is not None or noise is not None or noise_scale == 0:   # nothing drawn, or read on the device
         return (0 if seed is None else seed), (0 if offset is None else offset)
-    if noise is not None or (type(noise_scale) in (int, float) and noise_scale == 0):
-        return (0 if seed is None else seed), (0 if offset is None else offset)
+    if isinstance(x, torch.Tensor) and isinstance(grad, torch.Tensor):   # name bad tensors before a missing seed
+        _validate(x, grad, *checked_args, noise, rng_state)
     missing = " and ".join(name for name, v in (("seed", seed), ("offset", offset)) if v is None)
     raise TypeError(f"{missing} not given: the step draws noise (noise_scale={noise_scale!r}) and needs to know "
                     f"where in the noise stream it is; {_NOISE_POSITION_HELP}")
@@ -300,11 +300,14 @@ def _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight,
     prior_weight = _as_float("prior_weight", prior_weight)
     seed = None if seed is None else _as_int64("seed", seed)
     offset = None if offset is None else _as_int64("offset", offset)
-    if isinstance(x, torch.Tensor) and isinstance(grad, torch.Tensor):   # bad tensors named before a missing seed
-        _validate(x, grad, step_size, noise_scale, 0 if seed is None else seed, 0 if offset is None else offset,
-                  prior_weight, lo, hi, noise, rng_state)
-    seed, offset = _noise_position(seed, offset, noise, noise_scale, rng_state)
+    checked = (step_size, noise_scale, seed or 0, offset or 0, prior_weight, lo, hi)
+    seed, offset = _noise_position(x, grad, seed, offset, noise, noise_scale, rng_state, checked)
     return step_size, noise_scale, seed, offset, prior_weight, lo, hi
+
+
+def _plain_bound(b) -> bool:
+    """A clamp bound the fast path can pass as it is (None or a finite float, as chains store them)."""
+    return b is None or (type(b) is float and math.isfinite(b))
 
 
 _EXT_STEP = None   # torch.ops.langevin_kernels._ext_step.default, once the extension is known to be built
@@ -379,11 +382,13 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
     ValueError). grad and noise may share memory with x: the result is then the
     out-of-place one, written into x. seed and offset are required as in langevin_step.
     """
+    lo, hi = clamp if type(clamp) is tuple and len(clamp) == 2 else (None, None)
     if (noise is None and type(step_size) is float and type(noise_scale) is float and type(seed) is int
-            and type(offset) is int and type(prior_weight) is float and clamp is None
+            and type(offset) is int and type(prior_weight) is float
+            and (clamp is None or (_plain_bound(lo) and _plain_bound(hi)))
             and 0.0 <= step_size < math.inf and 0.0 <= noise_scale < math.inf and math.isfinite(prior_weight)
             and 0 <= seed < 1 << 63 and _try_direct_inplace(x, grad, step_size, noise_scale, seed, offset,
-                                                            prior_weight, None, None, rng_state)):
+                                                            prior_weight, lo, hi, rng_state)):
         return x
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x, exact=False)

@@ -1,10 +1,19 @@
-// Schemas of the extension's internal ops. The public, autograd-aware ops
-// (langevin_kernels::langevin_step / langevin_step_) are defined in Python
-// (langevin_kernels/ops.py) so that they exist even when this extension is not
-// built; their CPU and CUDA implementations call these ops when the "cpp" or
-// "cuda" backend is selected. Kernels: cpu/langevin_cpu.cpp, cuda/langevin_cuda.cu.
+// Every schema of the langevin_kernels op library, in one place (docs/op.md).
 //
-// Contract shared by the kernels (the Python side guarantees it):
+// Public ops (autograd and fake kernels are added from Python, langevin_kernels/ops.py):
+//   langevin_step   y = clamp(x - a (grad + lam x) + s xi, lo, hi), out of place
+//   langevin_step_  the same, written into x
+// Their CPU/CUDA kernels (step_op.cpp) check every argument, then run the native kernel
+// below or, when Python selected the eager or triton backend, `_routed_step`.
+//
+// Internal ops (reachable as torch.ops.langevin_kernels.*; each checks what it indexes):
+//   _ext_step     the native update on contiguous tensors (cpu/langevin_cpu.cpp, cuda/langevin_cuda.cu)
+//   _ext_normal   the noise stream alone (docs/noise.md)
+//   _ext_philox   raw Philox4x32-10 words (known-answer tests)
+//   _routed_step  same contract as _ext_step, implemented in Python by the selected backend
+//   _set_route    Python tells the kernels which (device, dtype) pairs run natively
+//
+// Contract of _ext_step and _routed_step:
 //   x, grad, noise, out: contiguous, same dtype, same numel; out may alias x.
 //   clamp_lo/clamp_hi: +-inf when no clamp. seed/offset: uint64 bit patterns.
 //   rng_state (optional): int64[2] on x's device = (seed, base offset); when given,
@@ -21,11 +30,25 @@ PyMODINIT_FUNC PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY_FRAGMENT(langevin_kernels, m) {
-  m.def(
-      "_ext_step(Tensor x, Tensor grad, Tensor? noise, Tensor(a!) out, float step_size, "
-      "float noise_scale, float prior_weight, float clamp_lo, float clamp_hi, int seed, "
-      "int offset, Tensor? rng_state) -> ()");
+TORCH_LIBRARY(langevin_kernels, m) {
+  // The fake (meta) kernels and autograd formulas of the public ops live in this module.
+  m.set_python_module("langevin_kernels.ops");
+#define LANGEVIN_STEP_ARGS                                                          \
+  "float step_size, float noise_scale, int seed, int offset, float prior_weight, " \
+  "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state"
+  m.def("langevin_step(Tensor x, Tensor grad, " LANGEVIN_STEP_ARGS ") -> Tensor");
+  m.def("langevin_step_(Tensor(a!) x, Tensor grad, " LANGEVIN_STEP_ARGS ") -> ()");
+#undef LANGEVIN_STEP_ARGS
+
+#define LANGEVIN_RAW_STEP_ARGS                                                   \
+  "(Tensor x, Tensor grad, Tensor? noise, Tensor(a!) out, float step_size, "    \
+  "float noise_scale, float prior_weight, float clamp_lo, float clamp_hi, int seed, " \
+  "int offset, Tensor? rng_state) -> ()"
+  m.def("_ext_step" LANGEVIN_RAW_STEP_ARGS);
+  m.def("_routed_step" LANGEVIN_RAW_STEP_ARGS);
+#undef LANGEVIN_RAW_STEP_ARGS
   m.def("_ext_normal(Tensor(a!) out, int seed, int offset, Tensor? rng_state) -> ()");
   m.def("_ext_philox(Tensor counters, int key0, int key1) -> Tensor");
+  m.def("_ext_cpu_isa(str? select=None) -> str");
+  m.def("_set_route(str device_type, ScalarType dtype, bool native) -> ()");
 }

@@ -64,6 +64,22 @@ def set_backend(name: str | None) -> None:
     """Force a backend for every call (None restores automatic selection)."""
     global _forced
     _forced = None if name is None else _check_name(name)
+    push_routes()
+
+
+def push_routes() -> None:
+    """Tell the C++ op kernels (csrc/step_op.cpp) which (device, dtype) pairs the native kernel
+    runs now; the others go back to Python through `_routed_step`, where select() decides (and
+    raises when a forced backend cannot run the device)."""
+    if _ext_error is not None:
+        return
+    for device, native in ((torch.device("cpu"), "cpp"), (torch.device("cuda"), "cuda")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            try:
+                chosen = select(device, dtype)
+            except RuntimeError:
+                chosen = None
+            torch.ops.langevin_kernels._set_route(device.type, dtype, chosen == native)
 
 
 def get_backend() -> str | None:

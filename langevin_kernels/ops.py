@@ -3,10 +3,13 @@
     y = clamp(x - a * (grad + lam * x) + s * xi, lo, hi)
 
 `langevin_kernels::langevin_step` (out-of-place, autograd-aware) and
-`langevin_kernels::langevin_step_` (in-place on x) are defined here with
-`torch.library`, so they exist whether or not the C++ extension is built, pass
-`torch.library.opcheck`, trace through `torch.compile` as single nodes and record
-into CUDA graphs. Their device kernels pick a backend (dispatch.py) per call.
+`langevin_kernels::langevin_step_` (in-place on x). When the C++ extension is built,
+their schemas and CPU/CUDA kernels (every argument check included) are C++
+(csrc/register.cpp, csrc/step_op.cpp); this module adds what only Python can: the fake
+kernels that torch.compile traces with, the autograd formula, and `_routed_step`, through
+which the C++ kernels reach the eager and triton backends (dispatch.py). Without the
+extension the same ops are defined here, with Python kernels, so that they exist
+everywhere; both forms pass `torch.library.opcheck`.
 """
 from __future__ import annotations
 
@@ -24,12 +27,15 @@ _DTYPE_NAMES = "float32, float16, bfloat16, float64"
 # half-way point to 2^128 rounds to even, i.e. up.
 _F32_OVERFLOW = 2.0**128 - 2.0**103
 
+# The C++ library defines the ops when the extension is built; otherwise they are defined here.
+_NATIVE_OPS = dispatch.extension_error() is None
 _ARGS = ("float step_size, float noise_scale, int seed, int offset, float prior_weight, "
          "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state")
 
 _lib = torch.library.Library("langevin_kernels", "FRAGMENT")
-_lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}) -> Tensor")
-_lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}) -> ()")
+if not _NATIVE_OPS:
+    _lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}) -> Tensor")
+    _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}) -> ()")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -209,9 +215,32 @@ def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_we
         x.copy_(target)
 
 
+def _routed_step_kernel(x, grad, noise, out, step_size, noise_scale, prior_weight, clamp_lo, clamp_hi,
+                        seed, offset, rng_state):
+    """`_routed_step`: the C++ kernels' way to the backend Python selected (eager or triton).
+    Callable directly as torch.ops.langevin_kernels._routed_step, so it checks what it indexes."""
+    for name, t in (("grad", grad), ("noise", noise), ("out", out)):
+        if t is not None and (t.numel() != x.numel() or t.dtype != x.dtype or t.device != x.device
+                              or not t.is_contiguous()):
+            raise RuntimeError(f"_routed_step: {name} must be a contiguous tensor with x's numel ({x.numel()}), "
+                               f"dtype ({x.dtype}) and device ({x.device}); got {t.numel()} elements of "
+                               f"{t.dtype} on {t.device}")
+    if not x.is_contiguous():
+        raise RuntimeError("_routed_step: x must be contiguous")
+    if rng_state is not None:
+        _check_rng_state(rng_state, x)
+    dispatch.run_step(dispatch.select(x.device, x.dtype), x, grad, noise, out, step_size, noise_scale,
+                      prior_weight, clamp_lo, clamp_hi, seed, offset, rng_state)
+
+
 for _key in ("CPU", "CUDA"):
-    _lib.impl("langevin_step", _step_kernel, _key)
-    _lib.impl("langevin_step_", _step_inplace_kernel, _key)
+    if _NATIVE_OPS:
+        _lib.impl("_routed_step", _routed_step_kernel, _key)
+    # Python kernels where C++ has none: everywhere without the extension, and CUDA
+    # tensors when the extension was built without its CUDA kernels.
+    if not _NATIVE_OPS or not torch._C._dispatch_has_kernel_for_dispatch_key("langevin_kernels::langevin_step", _key):
+        _lib.impl("langevin_step", _step_kernel, _key)
+        _lib.impl("langevin_step_", _step_inplace_kernel, _key)
 
 
 @torch.library.register_fake("langevin_kernels::langevin_step")
@@ -225,6 +254,7 @@ def _step_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clam
 def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
                        noise, rng_state):
     _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+    _check_inplace_target(x, exact=False)
     return None
 
 
@@ -310,32 +340,26 @@ def _plain_bound(b) -> bool:
     return b is None or (type(b) is float and math.isfinite(b))
 
 
-_EXT_STEP = None   # torch.ops.langevin_kernels._ext_step.default, once the extension is known to be built
+def _plain_call(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp):
+    """(lo, hi) when the C++ op can take this call's arguments as they are, else None.
+
+    The samplers' hot path: with plain tensors, floats and ints below 2**63 every check left
+    is the C++ kernel's (same messages as the Python ones), so the wrapper only unpacks the
+    clamp. Anything else (numpy scalars, ints as coefficients, a missing seed, uint64
+    values >= 2**63, no extension) takes the Python path, which converts or names the
+    problem."""
+    if not (_NATIVE_OPS and isinstance(x, torch.Tensor) and isinstance(grad, torch.Tensor)
+            and type(step_size) is float and type(noise_scale) is float and type(prior_weight) is float
+            and type(seed) is int and type(offset) is int and 0 <= seed < 1 << 63 and 0 <= offset < 1 << 63):
+        return None
+    if clamp is None:
+        return None, None
+    if type(clamp) is tuple and len(clamp) == 2 and _plain_bound(clamp[0]) and _plain_bound(clamp[1]):
+        return clamp
+    return None
 
 
-def _try_direct_inplace(x, grad, a, s, seed, offset, lam, lo, hi, rng_state) -> bool:
-    """The sampler's hot path: update x in place through the extension's kernel, skipping the
-    Python op kernel, when nothing needs it (eager mode, plain contiguous tensors of one kind,
-    no aliasing, the cpp/cuda backend). Returns False to send the call through the full op.
-    The extension kernel checks sizes, dtypes, devices and rng_state itself (TORCH_CHECK)."""
-    if (_EXT_STEP is None or type(x) is not torch.Tensor or type(grad) is not torch.Tensor
-            or not x.is_contiguous() or not grad.is_contiguous() or x.shape != grad.shape
-            or torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled())):
-        return False
-    if dispatch.select(x.device, x.dtype) not in ("cpp", "cuda") or x.dtype not in SUPPORTED_DTYPES:
-        return False
-    n_bytes = x.numel() * x.element_size()
-    if n_bytes == 0 or abs(x.data_ptr() - grad.data_ptr()) < n_bytes:   # grad inside x: go through a buffer
-        return False
-    if offset < 0 or offset + (x.numel() + 3) // 4 >= 1 << 63:
-        return False   # counter near 2**64: the full path checks the wrap
-    if x.dtype != torch.float64 and max(abs(a), s, abs(lam)) >= _F32_OVERFLOW:
-        return False
-    if lo is not None and hi is not None and lo > hi:
-        return False
-    _EXT_STEP(x, grad, None, x, a, s, lam, -math.inf if lo is None else lo, math.inf if hi is None else hi,
-              seed, offset, rng_state)
-    return True
+_STEP = _STEP_INPLACE = None   # the ops' .default overloads, bound below (fewer lookups per call)
 
 
 def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
@@ -367,9 +391,11 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
     Gradients flow to x, grad and noise: dy/dx = (1 - a lam) m, dy/dgrad = -a m,
     dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere.
     """
-    return torch.ops.langevin_kernels.langevin_step(
-        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
-        noise, rng_state)
+    bounds = _plain_call(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp)
+    if bounds is not None:
+        return _STEP(x, grad, step_size, noise_scale, seed, offset, prior_weight, *bounds, noise, rng_state)
+    return _STEP(x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp,
+                                    rng_state), noise, rng_state)
 
 
 def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
@@ -382,17 +408,13 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
     ValueError). grad and noise may share memory with x: the result is then the
     out-of-place one, written into x. seed and offset are required as in langevin_step.
     """
-    lo, hi = clamp if type(clamp) is tuple and len(clamp) == 2 else (None, None)
-    if (noise is None and type(step_size) is float and type(noise_scale) is float and type(seed) is int
-            and type(offset) is int and type(prior_weight) is float
-            and (clamp is None or (_plain_bound(lo) and _plain_bound(hi)))
-            and 0.0 <= step_size < math.inf and 0.0 <= noise_scale < math.inf and math.isfinite(prior_weight)
-            and 0 <= seed < 1 << 63 and _try_direct_inplace(x, grad, step_size, noise_scale, seed, offset,
-                                                            prior_weight, lo, hi, rng_state)):
+    bounds = _plain_call(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp)
+    if bounds is not None:
+        _STEP_INPLACE(x, grad, step_size, noise_scale, seed, offset, prior_weight, *bounds, noise, rng_state)
         return x
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x, exact=False)
-    torch.ops.langevin_kernels.langevin_step_(
+    _STEP_INPLACE(
         x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
         noise, rng_state)
     return x
@@ -430,10 +452,6 @@ def noise_offset_advance(numel: int) -> int:
     return (int(numel) + 3) // 4
 
 
-def _bind_extension() -> None:
-    global _EXT_STEP
-    if dispatch.extension_error() is None:
-        _EXT_STEP = torch.ops.langevin_kernels._ext_step.default
-
-
-_bind_extension()
+_STEP = torch.ops.langevin_kernels.langevin_step.default
+_STEP_INPLACE = torch.ops.langevin_kernels.langevin_step_.default
+dispatch.push_routes()

@@ -1,4 +1,5 @@
-// C++ CPU kernels of the internal ops declared in ../register.cpp.
+// C++ CPU kernels of the internal ops declared in ../register.cpp (the public ops'
+// checks and routing are in ../step_op.cpp).
 //
 // Work is split over ATen's thread pool (OpenMP) in whole groups of four elements
 // (one Philox counter each, docs/noise.md), so results never depend on the
@@ -247,9 +248,9 @@ std::string ext_cpu_isa(const std::optional<std::string>& select) {
 
 }  // namespace
 
-// Not a tensor op, so it is declared here beside its only kernel (no dispatch key).
+// Not a tensor op: a catch-all kernel (no dispatch key).
 TORCH_LIBRARY_FRAGMENT(langevin_kernels, m) {
-  m.def("_ext_cpu_isa(str? select=None) -> str", &ext_cpu_isa);
+  m.impl("_ext_cpu_isa", &ext_cpu_isa);
 }
 
 TORCH_LIBRARY_IMPL(langevin_kernels, CPU, m) {

@@ -1,0 +1,325 @@
+// CPU and CUDA kernels of the public ops langevin_step and langevin_step_ (schemas in
+// register.cpp, contract in docs/op.md): every argument check, the in-place rules, and the
+// route to the backend that computes the update.
+//
+// The checks raise the same Python exception types with the same messages as the fake
+// kernels in langevin_kernels/ops.py (TypeError for dtypes, ValueError for values), so a
+// user sees one wording whichever device or tracing mode the call took.
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+// ----------------------------------------------------------------------------- routes
+
+// Whether (device type, dtype) runs the native kernel (_ext_step) or the Python-side
+// backend (_routed_step: eager, or triton). Python pushes the table whenever the backend
+// selection changes (dispatch.py); until then CPU is native (the cpp default) and CUDA is
+// routed (triton is the default there).
+constexpr std::array<at::ScalarType, 4> kDtypes = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
+std::array<std::atomic<bool>, 8> g_native = {true, true, true, true, false, false, false, false};
+
+int dtype_slot(at::ScalarType t) {
+  for (size_t i = 0; i < kDtypes.size(); ++i) {
+    if (kDtypes[i] == t) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+bool runs_native(const at::Tensor& x) {
+  const int slot = dtype_slot(x.scalar_type());
+  if (slot < 0) return false;
+  if (x.is_cpu()) return g_native[slot].load(std::memory_order_relaxed);
+  if (x.is_cuda()) return g_native[4 + slot].load(std::memory_order_relaxed);
+  return false;
+}
+
+void set_route(c10::string_view device_type, at::ScalarType dtype, bool native) {
+  const int slot = dtype_slot(dtype);
+  TORCH_CHECK_VALUE(slot >= 0, "_set_route: dtype ", dtype, " is not a supported state dtype");
+  TORCH_CHECK_VALUE(device_type == "cpu" || device_type == "cuda", "_set_route: device_type '",
+                    device_type, "' must be 'cpu' or 'cuda'");
+  g_native[(device_type == "cuda" ? 4 : 0) + slot].store(native, std::memory_order_relaxed);
+}
+
+// Must match the native kernels' C++ signature exactly (`out` by value).
+using RawStep = void(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                     at::Tensor, double, double, double, double, double, int64_t, int64_t,
+                     const std::optional<at::Tensor>&);
+
+const c10::TypedOperatorHandle<RawStep>& raw_step(bool native) {
+  static const auto ext = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("langevin_kernels::_ext_step", "")
+                              .typed<RawStep>();
+  if (native) return ext;
+  // _routed_step's kernels are registered from Python after this library loads.
+  static const auto routed = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("langevin_kernels::_routed_step", "")
+                                 .typed<RawStep>();
+  return routed;
+}
+
+// ----------------------------------------------------------------------------- messages
+// Formatted as Python prints them: torch.float32, (3, 4), 0.1.
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: {
+      std::string name = c10::toString(t);
+      std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+      return "torch." + name;
+    }
+  }
+}
+
+std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(sizes[i]);
+  }
+  return s + (sizes.size() == 1 ? ",)" : ")");
+}
+
+std::string float_str(double v) {  // Python's repr: shortest round trip, ".0" on integers
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  std::string s(buf, end);
+  if (s.find_first_of(".e") == std::string::npos) s += ".0";
+  return s;
+}
+
+// ----------------------------------------------------------------------------- checks
+
+constexpr const char* kAllowed = "allowed dtypes: float32, float16, bfloat16, float64";
+// The smallest double that float32 rounds to inf (FLT_MAX = 2^128 - 2^104; halfway rounds up).
+const double kF32Overflow = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
+
+void check_float_tensor(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(dtype_slot(t.scalar_type()) >= 0, name, " has dtype ", dtype_name(t.scalar_type()),
+                   "; ", kAllowed);
+}
+
+void check_like_x(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  check_float_tensor(name, t);
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", shape_str(t.sizes()),
+                    " but x has shape ", shape_str(x.sizes()), "; they must match");
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ",
+                   dtype_name(t.scalar_type()), " but x has dtype ", dtype_name(x.scalar_type()),
+                   "; they must match");
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ",
+                    x.device(), "; they must be on one device");
+}
+
+void check_coefficient(const char* name, double v, bool nonnegative) {
+  TORCH_CHECK_VALUE(std::isfinite(v), name, "=", float_str(v), " must be finite");
+  TORCH_CHECK_VALUE(!nonnegative || v >= 0, name, "=", float_str(v), " must be >= 0");
+}
+
+// float32 math (16/32-bit states): a coefficient float32 rounds to inf would turn inf * 0 into NaN.
+void check_fits_float32(const char* name, double v, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(std::abs(v) < kF32Overflow, name, "=", float_str(v),
+                    " does not fit float32, the math type of ", dtype_name(dtype), " states (|", name,
+                    "| must be below 3.4028235e38); use float64 states");
+}
+
+struct StepArgs {
+  const at::Tensor& x;
+  const at::Tensor& grad;
+  double step_size, noise_scale;
+  int64_t seed, offset;
+  double prior_weight;
+  std::optional<double> clamp_lo, clamp_hi;
+  const std::optional<at::Tensor>& noise;
+  const std::optional<at::Tensor>& rng_state;
+};
+
+void check_step(const StepArgs& a) {
+  check_float_tensor("x", a.x);
+  check_like_x("grad", a.grad, a.x);
+  if (a.noise.has_value()) check_like_x("noise", *a.noise, a.x);
+  if (a.rng_state.has_value()) {
+    const at::Tensor& st = *a.rng_state;
+    TORCH_CHECK_VALUE(st.scalar_type() == at::kLong && st.numel() == 2,
+                      "rng_state must be an int64 tensor of 2 elements (seed, base offset)");
+    TORCH_CHECK_VALUE(st.device() == a.x.device(), "rng_state is on ", st.device(), " but x is on ",
+                      a.x.device(), "; they must be on one device");
+  }
+  check_coefficient("step_size", a.step_size, true);
+  check_coefficient("noise_scale", a.noise_scale, true);
+  check_coefficient("prior_weight", a.prior_weight, false);
+  if (a.x.scalar_type() != at::kDouble) {
+    check_fits_float32("step_size", a.step_size, a.x.scalar_type());
+    check_fits_float32("noise_scale", a.noise_scale, a.x.scalar_type());
+    check_fits_float32("prior_weight", a.prior_weight, a.x.scalar_type());
+  }
+  TORCH_CHECK_VALUE(!(a.clamp_lo && std::isnan(*a.clamp_lo)),
+                    "clamp lower bound is NaN; bounds must be numbers or None");
+  TORCH_CHECK_VALUE(!(a.clamp_hi && std::isnan(*a.clamp_hi)),
+                    "clamp upper bound is NaN; bounds must be numbers or None");
+  TORCH_CHECK_VALUE(!(a.clamp_lo && a.clamp_hi && *a.clamp_lo > *a.clamp_hi), "clamp=(",
+                    float_str(*a.clamp_lo), ", ", float_str(*a.clamp_hi), ") has lo > hi; need lo <= hi");
+  if (!a.noise.has_value() && !a.rng_state.has_value()) {
+    const uint64_t groups = (static_cast<uint64_t>(a.x.numel()) + 3) / 4;
+    const uint64_t offset = static_cast<uint64_t>(a.offset);
+    // offset + groups <= 2^64, written without overflow
+    TORCH_CHECK_VALUE(offset == 0 || groups <= std::numeric_limits<uint64_t>::max() - offset + 1,
+                      "offset=", offset, " + ceil(numel/4)=", groups,
+                      " passes 2**64: the noise counter would wrap and repeat noise; use a smaller offset");
+  }
+}
+
+// Exact: whether two elements of x share memory (sizes and strides only, no data reads).
+bool overlaps_itself(const at::Tensor& x) {
+  if (x.numel() <= 1 || x.is_contiguous()) return false;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims of size > 1
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (x.size(d) > 1) dims.emplace_back(x.stride(d), x.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  bool may_overlap = false;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) {
+      may_overlap = true;
+      break;
+    }
+    reach += stride * (size - 1);
+  }
+  if (!may_overlap) return false;
+  std::vector<int64_t> offsets{0};  // every element's offset, then look for a repeat
+  for (const auto& [stride, size] : dims) {
+    std::vector<int64_t> next;
+    next.reserve(offsets.size() * size);
+    for (int64_t base : offsets) {
+      for (int64_t i = 0; i < size; ++i) next.push_back(base + i * stride);
+    }
+    offsets.swap(next);
+  }
+  std::sort(offsets.begin(), offsets.end());
+  return std::adjacent_find(offsets.begin(), offsets.end()) != offsets.end();
+}
+
+void check_inplace_target(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(!(x.requires_grad() && c10::GradMode::is_enabled()),
+                    "langevin_step_ cannot update x in place while it requires grad (autograd does "
+                    "not track the in-place op); use langevin_step, detach x, or run under torch.no_grad()");
+  if (x.numel() == 0) return;  // nothing is written
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    TORCH_CHECK_VALUE(!(x.stride(d) == 0 && x.size(d) > 1),
+                      "x is an expanded view (stride 0): its elements overlap in memory and cannot be "
+                      "updated in place; pass x.contiguous() or use langevin_step");
+  }
+  TORCH_CHECK_VALUE(!overlaps_itself(x), "x is a view whose elements overlap in memory (shape ",
+                    shape_str(x.sizes()), ", strides ", shape_str(x.strides()),
+                    ") and cannot be updated in place; pass x.contiguous() or use langevin_step");
+}
+
+// Whether the memory spans of a and b intersect (conservative: interleaved views count).
+bool shares_memory(const at::Tensor& a, const std::optional<at::Tensor>& b) {
+  if (!b.has_value() || a.numel() == 0 || b->numel() == 0) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t last = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) last += t.stride(d) * (t.size(d) - 1);
+    const auto* start = static_cast<const char*>(t.data_ptr());
+    return std::make_pair(start, start + t.element_size() * (last + 1));
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(*b);
+  return a0 < b1 && b0 < a1;
+}
+
+std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+void launch(const StepArgs& a, const at::Tensor& out) {
+  const double inf = std::numeric_limits<double>::infinity();
+  raw_step(runs_native(a.x))
+      .call(a.x.contiguous(), a.grad.contiguous(), contiguous(a.noise), out, a.step_size,
+            a.noise_scale, a.prior_weight, a.clamp_lo.value_or(-inf), a.clamp_hi.value_or(inf),
+            a.seed, a.offset, a.rng_state);
+}
+
+// ----------------------------------------------------------------------------- kernels
+
+at::Tensor langevin_step(const at::Tensor& x, const at::Tensor& grad, double step_size,
+                         double noise_scale, int64_t seed, int64_t offset, double prior_weight,
+                         std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                         const std::optional<at::Tensor>& noise,
+                         const std::optional<at::Tensor>& rng_state) {
+  const StepArgs a{x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+                   noise, rng_state};
+  check_step(a);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (x.numel() > 0) launch(a, out);
+  return out;
+}
+
+void langevin_step_(const at::Tensor& x, const at::Tensor& grad, double step_size,
+                    double noise_scale, int64_t seed, int64_t offset, double prior_weight,
+                    std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                    const std::optional<at::Tensor>& noise,
+                    const std::optional<at::Tensor>& rng_state) {
+  const StepArgs a{x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
+                   noise, rng_state};
+  check_step(a);
+  check_inplace_target(x);
+  if (x.numel() == 0) return;
+  // Contiguous x is written where it lies. Other layouts go through a contiguous buffer, so
+  // that noise element i is always the i-th element in row-major order; so does an x that
+  // grad or noise overlaps (written in place, an element of x could change before it is
+  // read as grad).
+  if (x.is_contiguous() && !shares_memory(x, grad) && !shares_memory(x, noise)) {
+    launch(a, x);
+    return;
+  }
+  at::Tensor target = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  launch(a, target);
+  x.copy_(target);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(langevin_kernels, m) {
+  m.impl("_set_route", &set_route);  // no tensor arguments: a catch-all kernel
+}
+
+TORCH_LIBRARY_IMPL(langevin_kernels, CPU, m) {
+  m.impl("langevin_step", &langevin_step);
+  m.impl("langevin_step_", &langevin_step_);
+}
+
+#if defined(LANGEVIN_WITH_CUDA)
+TORCH_LIBRARY_IMPL(langevin_kernels, CUDA, m) {
+  m.impl("langevin_step", &langevin_step);
+  m.impl("langevin_step_", &langevin_step_);
+}
+#endif

@@ -199,7 +199,7 @@ def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _per_chain(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t if t.dim() == 2 else t.reshape(t.shape[0], -1)
 
 
 def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -356,7 +356,9 @@ class _LangevinChain:
         """(clipped grad, per-chain norms before clipping); norms are None when unused."""
         if self.grad_clip is None and not (self.track_stats or self.mala):
             return grad, None
-        norms = torch.linalg.vector_norm(_per_chain(grad), dim=1, dtype=torch.promote_types(grad.dtype, torch.float32))
+        # 16-bit gradients are summed in float32 (the norm of a large chain would overflow float16)
+        wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        norms = torch.linalg.vector_norm(_per_chain(grad), dim=1, dtype=wide if grad.dtype != wide else None)
         if self.grad_clip is not None:
             scale = (self.grad_clip / norms.clamp_min(1e-30)).clamp(max=1.0)
             grad = grad * _broadcast(scale, grad).to(grad.dtype)
@@ -371,7 +373,9 @@ class _LangevinChain:
         """This step's per-chain record (energy incl. prior, grad norm, MALA's accept decisions and
         non-finite proposals); nothing is reduced here (ChainStats.table does it once). Called only
         with track_stats, so untracked runs skip even the prior term's energy."""
-        return energy.detach(), norms.detach(), accepted, bad
+        if self.differentiable:   # otherwise neither carries a graph (cheaper than detaching)
+            energy, norms = energy.detach(), norms.detach()
+        return energy, norms, accepted, bad
 
     # --- one step ----------------------------------------------------------------------
 

@@ -6,10 +6,10 @@
 //   LK_TABLE      name of the KernelTable to define
 // and includes <immintrin.h> (x86) and the torch-free headers before any target pragma.
 //
-// Noise: W Philox counters at a time; every line of the float math mirrors philox.h
-// operation for operation (same operands, same order), only on W lanes, so the
-// results are bit-identical to the scalar header. The update loops are plain
-// element loops that the compiler vectorises (checked with -fopt-info-vec).
+// Noise: W Philox counters at a time, through the formulas of philox.h instantiated
+// for vectors (VectorLanes below), so the results are bit-identical to the scalar
+// path. The update loops are one template of plain element loops that the compiler
+// vectorises (checked with -fopt-info-vec).
 #include <cstdint>
 #include <cstring>
 
@@ -29,131 +29,84 @@ typedef float vf __attribute__((vector_size(4 * LK_W)));
 typedef uint32_t vu __attribute__((vector_size(4 * LK_W)));
 typedef int32_t vi __attribute__((vector_size(4 * LK_W)));
 
-LK_VI vf splat(float v) { return vf{} + v; }
-LK_VI vi to_int(vf v) { return __builtin_convertvector(v, vi); }  // truncation, like static_cast<int>
-LK_VI vf to_float(vi v) { return __builtin_convertvector(v, vf); }
-
-// hi and lo 32 bits of m * a per lane.
-LK_VI void mul_hilo(uint32_t m, vu a, vu* hi, vu* lo) {
-#if defined(LK_MUL_GENERIC)
-  for (int k = 0; k < W; ++k) {
-    const uint64_t p = static_cast<uint64_t>(m) * a[k];
-    (*hi)[k] = static_cast<uint32_t>(p >> 32);
-    (*lo)[k] = static_cast<uint32_t>(p);
-  }
-#else
-  // The multiply instruction takes the even 32-bit lanes: products of the even lanes
-  // from a, of the odd lanes from a shifted down by one lane within each 64 bits.
+// philox.h's lanes interface for W-wide vectors (see ScalarLanes there).
+struct VectorLanes {
+  using F = vf;
+  using U = vu;
+  using I = vi;
+  LK_VI F as_float(U bits) { return (vf)bits; }
+  LK_VI U as_bits(F v) { return (vu)v; }
+  LK_VI I as_signed(U v) { return (vi)v; }
+  LK_VI F to_float(I v) { return __builtin_convertvector(v, vf); }
+  LK_VI I to_int(F v) { return __builtin_convertvector(v, vi); }  // truncation
+  // static_cast<float>(r) is the correctly rounded value of r; the two 16-bit halves
+  // convert exactly and their sum is rounded once, which gives the same float without
+  // an unsigned conversion instruction (SSE2/AVX2 have none).
+  LK_VI F word_to_float(U r) { return to_float((vi)(r >> 16)) * 65536.0f + to_float((vi)(r & 0xffffu)); }
+  LK_VI I below_half(U r) { return (vi)r >= 0; }  // r < 0x80000000 (signed compare: SSE2 has no unsigned one)
+  LK_VI I and_not(I a, I b) { return ~a & b; }
+  LK_VI F sqrt(F v) {
 #if defined(LK_MUL_AVX2)
-  const __m256i mv = _mm256_set1_epi32(static_cast<int>(m));
-  const vu even = (vu)_mm256_mul_epu32((__m256i)a, mv);
-  const vu odd = (vu)_mm256_mul_epu32(_mm256_srli_epi64((__m256i)a, 32), mv);
+    return (vf)_mm256_sqrt_ps((__m256)v);
 #elif defined(LK_MUL_SSE2)
-  const __m128i mv = _mm_set1_epi32(static_cast<int>(m));
-  const vu even = (vu)_mm_mul_epu32((__m128i)a, mv);
-  const vu odd = (vu)_mm_mul_epu32(_mm_srli_epi64((__m128i)a, 32), mv);
+    return (vf)_mm_sqrt_ps((__m128)v);
+#else
+    for (int k = 0; k < W; ++k) v[k] = __builtin_sqrtf(v[k]);
+    return v;
+#endif
+  }
+
+  // hi and lo 32 bits of m * a per lane.
+  LK_VI void mul_hilo(uint32_t m, U a, U* hi, U* lo) {
+#if defined(LK_MUL_GENERIC)
+    for (int k = 0; k < W; ++k) {
+      const uint64_t p = static_cast<uint64_t>(m) * a[k];
+      (*hi)[k] = static_cast<uint32_t>(p >> 32);
+      (*lo)[k] = static_cast<uint32_t>(p);
+    }
+#else
+    // The multiply instruction takes the even 32-bit lanes: products of the even lanes
+    // from a, of the odd lanes from a shifted down by one lane within each 64 bits.
+#if defined(LK_MUL_AVX2)
+    const __m256i mv = _mm256_set1_epi32(static_cast<int>(m));
+    const vu even = (vu)_mm256_mul_epu32((__m256i)a, mv);
+    const vu odd = (vu)_mm256_mul_epu32(_mm256_srli_epi64((__m256i)a, 32), mv);
+#elif defined(LK_MUL_SSE2)
+    const __m128i mv = _mm_set1_epi32(static_cast<int>(m));
+    const vu even = (vu)_mm_mul_epu32((__m128i)a, mv);
+    const vu odd = (vu)_mm_mul_epu32(_mm_srli_epi64((__m128i)a, 32), mv);
 #else
 #error "define LK_MUL_AVX2, LK_MUL_SSE2 or LK_MUL_GENERIC"
 #endif
 #if LK_W == 8
-  *lo = __builtin_shuffle(even, odd, vu{0, 8, 2, 10, 4, 12, 6, 14});
-  *hi = __builtin_shuffle(even, odd, vu{1, 9, 3, 11, 5, 13, 7, 15});
+    *lo = __builtin_shuffle(even, odd, vu{0, 8, 2, 10, 4, 12, 6, 14});
+    *hi = __builtin_shuffle(even, odd, vu{1, 9, 3, 11, 5, 13, 7, 15});
 #else
-  *lo = __builtin_shuffle(even, odd, vu{0, 4, 2, 6});
-  *hi = __builtin_shuffle(even, odd, vu{1, 5, 3, 7});
+    *lo = __builtin_shuffle(even, odd, vu{0, 4, 2, 6});
+    *hi = __builtin_shuffle(even, odd, vu{1, 5, 3, 7});
 #endif
 #endif
-}
+  }
+};
 
-LK_VI vf vsqrt(vf v) {
-#if defined(LK_MUL_AVX2)
-  return (vf)_mm256_sqrt_ps((__m256)v);
-#elif defined(LK_MUL_SSE2)
-  return (vf)_mm_sqrt_ps((__m128)v);
-#else
-  for (int k = 0; k < W; ++k) v[k] = __builtin_sqrtf(v[k]);
-  return v;
-#endif
-}
+// philox.h's formulas, compiled here with this file's instruction set.
+#include "../noise_formulas.h"
 
 // philox4x32_10 of philox.h on U independent vectors of W counters each; the U
 // dependency chains interleave round by round, which keeps the multipliers busy.
 template <int U>
 LK_VI void philox_lanes(vu ctr[U][4], uint32_t k0, uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
-    for (int v = 0; v < U; ++v) {
-      vu hi0, lo0, hi1, lo1;
-      mul_hilo(kPhiloxM0, ctr[v][0], &hi0, &lo0);
-      mul_hilo(kPhiloxM1, ctr[v][2], &hi1, &lo1);
-      ctr[v][0] = hi1 ^ ctr[v][1] ^ k0;
-      ctr[v][1] = lo1;
-      ctr[v][2] = hi0 ^ ctr[v][3] ^ k1;
-      ctr[v][3] = lo0;
-    }
+    for (int v = 0; v < U; ++v) philox_round<VectorLanes>(ctr[v], k0, k1);
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
 }
 
-// word_to_open_unit: static_cast<float>(r) is the correctly rounded value of r; the
-// two 16-bit halves convert exactly and their sum is rounded once, which gives the
-// same float without an unsigned conversion instruction (SSE2/AVX2 have none).
-LK_VI vf word_to_open_unit(vu r) {
-  const vf high = to_float((vi)(r >> 16)) * 65536.0f;
-  const vf low = to_float((vi)(r & 0xffffu));
-  return ((high + low) + 0.5f) * 2.3283064365386963e-10f;
-}
-
-// log_open_unit of philox.h; masks are all-ones/zero lanes, `m ? a : b` selects.
-LK_VI vf log_open_unit(vu r) {
-  const vi low_half = (vi)r >= 0;  // r < 0x80000000
-  const vf u = word_to_open_unit(r);
-  const vf d = word_to_open_unit(~r);
-  const vi near_one = ~low_half & (d <= 0.29289322f);
-  const vf w = low_half ? u : 1.0f - d;
-  const vu bits = (vu)w;
-  vi e = (vi)((bits >> 23) & 0xffu) - 127;
-  vf m = (vf)((bits & 0x007fffffu) | 0x3f800000u);
-  const vi big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1 : e;
-  vf f = m - 1.0f;
-  f = near_one ? -d : f;
-  const vf ef = near_one ? splat(0.0f) : to_float(e);
-  const vf s = f / (2.0f + f);
-  const vf s2 = s * s;
-  const vf series =
-      1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9))));
-  return ef * 0.69314718f + 2.0f * s * series;
-}
-
-// cos_sin_turn of philox.h.
-LK_VI void cos_sin_turn(vu r, vf* c, vf* s) {
-  const vf v = word_to_open_unit(r);
-  const vi qi = to_int(4.0f * v + 0.5f);
-  const vf q = to_float(qi);
-  const vf t = 6.28318531f * (v - 0.25f * q);
-  const vf t2 = t * t;
-  const vf sin_t =
-      t * (1.0f + t2 * (-1.0f / 6 + t2 * (1.0f / 120 + t2 * (-1.0f / 5040 + t2 * (1.0f / 362880)))));
-  const vf cos_t =
-      1.0f + t2 * (-0.5f + t2 * (1.0f / 24 + t2 * (-1.0f / 720 + t2 * (1.0f / 40320))));
-  const vi quadrant = qi & 3;
-  const vi swap = (quadrant & 1) != 0;
-  const vf cc = swap ? sin_t : cos_t;
-  const vf ss = swap ? cos_t : sin_t;
-  *c = (quadrant == 1 || quadrant == 2) ? -cc : cc;
-  *s = (quadrant >= 2) ? -ss : ss;
-}
-
-// box_muller4 of philox.h on W Philox outputs, written in element order (4 per counter).
+// box_muller of philox.h on W Philox outputs, written in element order (4 per counter).
 LK_VI void box_muller_lanes(const vu ctr[4], float* out) {
-  const vf rad0 = vsqrt(-2.0f * log_open_unit(ctr[0]));
-  const vf rad1 = vsqrt(-2.0f * log_open_unit(ctr[2]));
-  vf c0, s0, c1, s1;
-  cos_sin_turn(ctr[1], &c0, &s0);
-  cos_sin_turn(ctr[3], &c1, &s1);
-  const vf n0 = rad0 * c0, n1 = rad0 * s0, n2 = rad1 * c1, n3 = rad1 * s1;
+  vf n[4];
+  box_muller<VectorLanes>(ctr, n);
   // Interleave to element order n0[0] n1[0] n2[0] n3[0] n0[1] ...: zip(n0, n2) and
   // zip(n1, n3), then zip those.
 #if LK_W == 8
@@ -161,8 +114,8 @@ LK_VI void box_muller_lanes(const vu ctr[4], float* out) {
 #else
   const vi zip_lo = {0, 4, 1, 5}, zip_hi = {2, 6, 3, 7};
 #endif
-  const vf p_lo = __builtin_shuffle(n0, n2, zip_lo), p_hi = __builtin_shuffle(n0, n2, zip_hi);
-  const vf q_lo = __builtin_shuffle(n1, n3, zip_lo), q_hi = __builtin_shuffle(n1, n3, zip_hi);
+  const vf p_lo = __builtin_shuffle(n[0], n[2], zip_lo), p_hi = __builtin_shuffle(n[0], n[2], zip_hi);
+  const vf q_lo = __builtin_shuffle(n[1], n[3], zip_lo), q_hi = __builtin_shuffle(n[1], n[3], zip_hi);
   const vf o0 = __builtin_shuffle(p_lo, q_lo, zip_lo), o1 = __builtin_shuffle(p_lo, q_lo, zip_hi);
   const vf o2 = __builtin_shuffle(p_hi, q_hi, zip_lo), o3 = __builtin_shuffle(p_hi, q_hi, zip_hi);
   std::memcpy(out, &o0, sizeof(vf));
@@ -269,35 +222,32 @@ LK_VI uint16_t float_to_f16(float f) {
 // `#pragma GCC ivdep`: y may be x itself, which the compiler cannot rule out but
 // which is safe (each element is read before it is written, one index at a time).
 
-void step_f32(const float* x, const float* g, const float* xi, float* y, int64_t n,
-              const Coeffs& c) {
+LK_VI float same_f32(float v) { return v; }
+
+// 16- and 32-bit states: float math, with the state's load and store conversions.
+template <typename S, float (*Load)(S), S (*Store)(float)>
+LK_VI void step_in_float(const S* x, const S* g, const float* xi, S* y, int64_t n, const Coeffs& c) {
   const float a = static_cast<float>(c.a), s = static_cast<float>(c.s);
   const float lam = static_cast<float>(c.lam), lo = static_cast<float>(c.lo),
               hi = static_cast<float>(c.hi);
 #pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) y[i] = langevin_update<float>(x[i], g[i], xi[i], a, s, lam, lo, hi);
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = Store(langevin_update<float>(Load(x[i]), Load(g[i]), xi[i], a, s, lam, lo, hi));
+}
+
+void step_f32(const float* x, const float* g, const float* xi, float* y, int64_t n,
+              const Coeffs& c) {
+  step_in_float<float, same_f32, same_f32>(x, g, xi, y, n, c);
 }
 
 void step_bf16(const uint16_t* x, const uint16_t* g, const float* xi, uint16_t* y, int64_t n,
                const Coeffs& c) {
-  const float a = static_cast<float>(c.a), s = static_cast<float>(c.s);
-  const float lam = static_cast<float>(c.lam), lo = static_cast<float>(c.lo),
-              hi = static_cast<float>(c.hi);
-#pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = float_to_bf16(langevin_update<float>(bf16_to_float(x[i]), bf16_to_float(g[i]), xi[i],
-                                                a, s, lam, lo, hi));
+  step_in_float<uint16_t, bf16_to_float, float_to_bf16>(x, g, xi, y, n, c);
 }
 
 void step_f16(const uint16_t* x, const uint16_t* g, const float* xi, uint16_t* y, int64_t n,
               const Coeffs& c) {
-  const float a = static_cast<float>(c.a), s = static_cast<float>(c.s);
-  const float lam = static_cast<float>(c.lam), lo = static_cast<float>(c.lo),
-              hi = static_cast<float>(c.hi);
-#pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = float_to_f16(langevin_update<float>(f16_to_float(x[i]), f16_to_float(g[i]), xi[i], a, s,
-                                               lam, lo, hi));
+  step_in_float<uint16_t, f16_to_float, float_to_f16>(x, g, xi, y, n, c);
 }
 
 template <typename noise_t>

@@ -2,7 +2,7 @@
 //
 // Public ops (autograd and fake kernels are added from Python, langevin_kernels/ops.py):
 //   langevin_step   y = clamp(x - a (grad + lam x) + s xi, lo, hi), out of place
-//   langevin_step_  the same, written into x
+//   langevin_step_  the same, written into x; optionally also the per-chain norms of grad
 // Their CPU/CUDA kernels (step_op.cpp) check every argument, then run the native kernel
 // below or, when Python selected the eager or triton backend, `_routed_step`.
 //
@@ -37,7 +37,10 @@ TORCH_LIBRARY(langevin_kernels, m) {
   "float step_size, float noise_scale, int seed, int offset, float prior_weight, " \
   "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state"
   m.def("langevin_step(Tensor x, Tensor grad, " LANGEVIN_STEP_ARGS ") -> Tensor");
-  m.def("langevin_step_(Tensor(a!) x, Tensor grad, " LANGEVIN_STEP_ARGS ") -> ()");
+  // grad_norm_out: [x.size(0)] per-chain L2 norms of grad, written by the same call
+  // (the chains' per-step statistic without a reduction op of its own).
+  m.def("langevin_step_(Tensor(a!) x, Tensor grad, " LANGEVIN_STEP_ARGS
+        ", Tensor(b!)? grad_norm_out=None) -> ()");
 #undef LANGEVIN_STEP_ARGS
 
 #define LANGEVIN_RAW_STEP_ARGS                                                   \

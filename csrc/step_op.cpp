@@ -7,6 +7,8 @@
 // user sees one wording whichever device or tracing mode the call took.
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
@@ -18,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -283,15 +286,82 @@ at::Tensor langevin_step(const at::Tensor& x, const at::Tensor& grad, double ste
   return out;
 }
 
+// Per-chain L2 norms of grad into `out` ([x.size(0)], float32, or float64 for float64 states).
+void check_grad_norm_out(const at::Tensor& out, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "grad_norm_out needs x with a chain dimension (dim 0); x is a scalar");
+  const at::ScalarType wide = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(out.dim() == 1 && out.size(0) == x.size(0), "grad_norm_out has shape ",
+                    shape_str(out.sizes()), " but must be (", x.size(0), ",): one norm per chain (dim 0 of x)");
+  TORCH_CHECK_TYPE(out.scalar_type() == wide, "grad_norm_out has dtype ", dtype_name(out.scalar_type()),
+                   " but must be ", dtype_name(wide), " for ", dtype_name(x.scalar_type()), " states");
+  TORCH_CHECK_VALUE(out.device() == x.device(), "grad_norm_out is on ", out.device(), " but x is on ",
+                    x.device(), "; they must be on one device");
+  TORCH_CHECK_VALUE(out.is_contiguous(), "grad_norm_out must be contiguous");
+}
+
+// Row sums of squares (one row per chain), then the square root. Eight partial sums per
+// row in the math type (float, double for float64) let the compiler vectorise the loop;
+// like torch.linalg.vector_norm, the sum is in float32 for 16/32-bit states.
+template <typename scalar_t>
+void row_norms_cpu(const at::Tensor& grad, const at::Tensor& out) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  constexpr int kLanes = 8;
+  const int64_t rows = out.size(0);
+  const int64_t len = grad.numel() / rows;
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  acc_t* o = out.mutable_data_ptr<acc_t>();
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(len, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* row = g + r * len;
+      acc_t acc[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= len; i += kLanes) {
+        for (int k = 0; k < kLanes; ++k) {
+          const acc_t v = static_cast<acc_t>(row[i + k]);
+          acc[k] += v * v;
+        }
+      }
+      for (int k = 0; i < len; ++i, ++k) {
+        const acc_t v = static_cast<acc_t>(row[i]);
+        acc[k] += v * v;
+      }
+      acc_t total = 0;
+      for (int k = 0; k < kLanes; ++k) total += acc[k];
+      o[r] = std::sqrt(total);
+    }
+  });
+}
+
+void grad_norms(const at::Tensor& grad, const at::Tensor& out) {
+  if (out.numel() == 0) return;
+  // Short CPU rows (toy and latent chains): the loop below, which beats ATen's reduction
+  // there (4096 x 32: 16 vs 42 us); long rows (images): ATen's vectorised reduction.
+  if (grad.is_cpu() && grad.numel() < 256 * out.size(0)) {
+    const at::Tensor g = grad.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_norms", [&] {
+      row_norms_cpu<scalar_t>(g, out);
+    });
+    return;
+  }
+  at::linalg_vector_norm_out(const_cast<at::Tensor&>(out), grad.reshape({out.size(0), -1}), 2, {1}, false,
+                             out.scalar_type());
+}
+
 void langevin_step_(const at::Tensor& x, const at::Tensor& grad, double step_size,
                     double noise_scale, int64_t seed, int64_t offset, double prior_weight,
                     std::optional<double> clamp_lo, std::optional<double> clamp_hi,
                     const std::optional<at::Tensor>& noise,
-                    const std::optional<at::Tensor>& rng_state) {
+                    const std::optional<at::Tensor>& rng_state,
+                    const std::optional<at::Tensor>& grad_norm_out) {
   const StepArgs a{x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
                    noise, rng_state};
   check_step(a);
   check_inplace_target(x);
+  if (grad_norm_out.has_value()) {
+    check_grad_norm_out(*grad_norm_out, x);
+    grad_norms(grad, *grad_norm_out);  // before the update: grad may share memory with x
+  }
   if (x.numel() == 0) return;
   // Contiguous x is written where it lies. Other layouts go through a contiguous buffer, so
   // that noise element i is always the i-th element in row-major order; so does an x that

@@ -81,11 +81,15 @@ class ChainStats:
     final state was non-finite and was replaced by a fresh start (``on_nonfinite="reinit"``).
     """
 
-    def __init__(self, steps, mala: bool, reinitialized: int = 0, table: torch.Tensor | None = None):
-        # The run keeps its per-step per-chain tensors (energy, grad norm, and for MALA the
-        # accept decisions and bad proposals): no reduction per step. The [n_steps, 4] table is
-        # reduced from them on first use.
+    def __init__(self, steps, mala: bool, reinitialized: int = 0, table: torch.Tensor | None = None,
+                 per_chain: tuple[torch.Tensor, torch.Tensor] | None = None):
+        # The run keeps its per-step per-chain values (energy, grad norm, and for MALA the
+        # accept decisions and bad proposals): no reduction per step. They come either as a
+        # list of per-step tuples (`steps`) or, from the plain ULA loop, as two [n_steps, B]
+        # buffers the steps wrote into (`per_chain`). The [n_steps, 4] table is reduced from
+        # them on first use.
         self._steps = steps
+        self._per_chain = per_chain
         self._table = table
         self.mala = mala
         self.reinitialized = int(reinitialized)
@@ -94,15 +98,18 @@ class ChainStats:
     def table(self) -> torch.Tensor:
         """[n_steps, 4] device tensor, columns as STAT_NAMES."""
         if self._table is None:
-            energies, norms, accepted, bad = (torch.stack(part) if part[0] is not None else None
-                                              for part in zip(*self._steps))
+            if self._per_chain is not None:
+                (energies, norms), accepted, bad = self._per_chain, None, None
+            else:
+                energies, norms, accepted, bad = (torch.stack(part) if part[0] is not None else None
+                                                  for part in zip(*self._steps))
             if bad is None:   # ULA: the energy and gradient at the state each step started from
                 bad = ~(torch.isfinite(energies) & torch.isfinite(norms))
             acceptance = (accepted.float().mean(1) if accepted is not None
                           else torch.full(energies.shape[:1], float("nan"), device=energies.device))
             self._table = torch.stack([energies.float().mean(1), norms.float().mean(1), acceptance,
                                        bad.sum(1).float()], dim=1)
-            self._steps = None
+            self._steps = self._per_chain = None
         return self._table
 
     def __getattr__(self, name):
@@ -383,18 +390,38 @@ class _LangevinChain:
         return dict(step_size=self.step_sizes[k], noise_scale=self.noise_scales[k], seed=self.seed,
                     offset=offset, prior_weight=self.prior_weight, rng_state=rng_row)
 
-    def _ula_step(self, x, k, offset, rng_state):
+    def _ula_step(self, x, k, offset, rng_state, stat_rows=None):
+        """One ULA step; returns (x, this step's record or None).
+
+        stat_rows: ([B] energy row, [B] grad-norm row) of the run's stat buffers (_stat_buffers),
+        written in place instead of returning a record: the update op itself computes the grad
+        norms (no reduction op of their own), and the run keeps two buffers instead of
+        2 * n_steps small tensors, whose lifetimes would fragment the CPU heap."""
         energy, grad = self._energy_and_grad(x)
-        grad, norms = self._clip(grad)
-        diag = self._diagnostics(self._with_prior(energy, x), norms, None) if self.track_stats else None
+        norm_row = None
+        if stat_rows is None:
+            grad, norms = self._clip(grad)
+            diag = self._diagnostics(self._with_prior(energy, x), norms, None) if self.track_stats else None
+        else:
+            energy_row, norm_row = stat_rows
+            energy_row.copy_(self._with_prior(energy, x))
+            diag = None
         rng_row = None if rng_state is None else rng_state[0]
         if self.differentiable:
             x = langevin_step(x, grad, clamp=self.clamp, **self._op_kwargs(k, offset, rng_row))
         else:
             langevin_step_(x, grad, step_size=self.step_sizes[k], noise_scale=self.noise_scales[k],
                            seed=self.seed, offset=offset, prior_weight=self.prior_weight, clamp=self.clamp,
-                           rng_state=rng_row)
+                           rng_state=rng_row, grad_norm_out=norm_row)
         return x, diag
+
+    def _stat_buffers(self, x):
+        """[n_steps, B] energy and grad-norm buffers of a plain ULA run with stats, or None where
+        steps return records instead (MALA, grad clip, autograd through the chain)."""
+        if not self.track_stats or self.mala or self.differentiable or self.grad_clip is not None:
+            return None
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return tuple(torch.empty(self.n_steps, x.shape[0], dtype=wide, device=x.device) for _ in range(2))
 
     def _mala_current(self, x):
         """(total energy, clipped grad, norms) at x: what a MALA step carries between steps."""
@@ -477,18 +504,20 @@ class _LangevinChain:
         diags = []
         finite = [torch.isfinite(_per_chain(x)).all(1)] if track_finite else None
         current = self._mala_current(x) if self.mala else None
+        buffers = self._stat_buffers(x)
+        rows = None if buffers is None else list(zip(buffers[0].unbind(0), buffers[1].unbind(0)))
         for k in range(self.n_steps):
             offset = (base_offset + k * advance) % _U64
             if self.mala:
                 x, current, diag = self._mala_step(x, k, offset, rng_state, current)
             else:
-                x, diag = self._ula_step(x, k, offset, rng_state)
+                x, diag = self._ula_step(x, k, offset, rng_state, None if rows is None else rows[k])
             if finite is not None:
                 finite.append(torch.isfinite(_per_chain(x)).all(1))
             diags.append(diag)
             if return_trajectory and (k + 1) % thin == 0:
                 states.append(x.clone())
-        stats = ChainStats(diags, self.mala) if self.track_stats else None
+        stats = ChainStats(diags, self.mala, per_chain=buffers) if self.track_stats else None
         self._finite_rows = finite
         return x, (torch.stack(states) if return_trajectory else None), stats
 

@@ -35,7 +35,7 @@ _ARGS = ("float step_size, float noise_scale, int seed, int offset, float prior_
 _lib = torch.library.Library("langevin_kernels", "FRAGMENT")
 if not _NATIVE_OPS:
     _lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}) -> Tensor")
-    _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}) -> ()")
+    _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}, Tensor(b!)? grad_norm_out=None) -> ()")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -120,6 +120,27 @@ def _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp
                              "counter would wrap and repeat noise; use a smaller offset")
 
 
+def _check_grad_norm_out(out, x: torch.Tensor) -> None:
+    """grad_norm_out: one norm per chain (dim 0 of x), float32 (float64 for float64 states)."""
+    if x.dim() < 1:
+        raise ValueError("grad_norm_out needs x with a chain dimension (dim 0); x is a scalar")
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if out.dim() != 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_norm_out has shape {tuple(out.shape)} but must be ({x.shape[0]},): one norm per "
+                         "chain (dim 0 of x)")
+    if out.dtype != wide:
+        raise TypeError(f"grad_norm_out has dtype {out.dtype} but must be {wide} for {x.dtype} states")
+    if out.device != x.device:
+        raise ValueError(f"grad_norm_out is on {out.device} but x is on {x.device}; they must be on one device")
+    if not out.is_contiguous():
+        raise ValueError("grad_norm_out must be contiguous")
+
+
+def _grad_norms_into(grad: torch.Tensor, out: torch.Tensor) -> None:
+    if out.numel():
+        torch.linalg.vector_norm(grad.reshape(out.shape[0], -1), dim=1, dtype=out.dtype, out=out)
+
+
 def _may_overlap_itself(x: torch.Tensor) -> bool:
     """False when sizes and strides alone prove that no two elements of x share memory: with
     the dims of size > 1 sorted by stride, each stride steps past everything the smaller
@@ -198,9 +219,12 @@ def _step_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, cl
 
 
 def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                         noise, rng_state):
+                         noise, rng_state, grad_norm_out=None):
     _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
     _check_inplace_target(x)
+    if grad_norm_out is not None:
+        _check_grad_norm_out(grad_norm_out, x)
+        _grad_norms_into(grad, grad_norm_out)   # before the update: grad may share memory with x
     if not x.numel():
         return
     # Contiguous x is updated where it lies; other layouts go through a contiguous
@@ -252,9 +276,11 @@ def _step_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clam
 
 @torch.library.register_fake("langevin_kernels::langevin_step_")
 def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                       noise, rng_state):
+                       noise, rng_state, grad_norm_out=None):
     _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
     _check_inplace_target(x, exact=False)
+    if grad_norm_out is not None:
+        _check_grad_norm_out(grad_norm_out, x)
     return None
 
 
@@ -400,23 +426,29 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
 
 def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
                    seed: int | None = None, offset: int | None = None, prior_weight: float = 0.0, clamp=None,
-                   noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, rng_state: torch.Tensor | None = None,
+                   grad_norm_out: torch.Tensor | None = None) -> torch.Tensor:
     """In-place form of :func:`langevin_step` for samplers: updates x and returns it.
 
     Not tracked by autograd: x must not require grad while grad mode is on, and must
     not be a view whose elements overlap in memory (expanded or as_strided views;
     ValueError). grad and noise may share memory with x: the result is then the
     out-of-place one, written into x. seed and offset are required as in langevin_step.
+
+    grad_norm_out: optional contiguous tensor of shape ``[x.shape[0]]`` (float32; float64 for
+    float64 states) that receives the per-chain L2 norms of grad, computed by the same call
+    (the samplers' per-step statistic, without a reduction op of its own).
     """
     bounds = _plain_call(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp)
     if bounds is not None:
-        _STEP_INPLACE(x, grad, step_size, noise_scale, seed, offset, prior_weight, *bounds, noise, rng_state)
+        _STEP_INPLACE(x, grad, step_size, noise_scale, seed, offset, prior_weight, *bounds, noise, rng_state,
+                      grad_norm_out)
         return x
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x, exact=False)
     _STEP_INPLACE(
         x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
-        noise, rng_state)
+        noise, rng_state, grad_norm_out)
     return x
 
 

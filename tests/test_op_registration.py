@@ -110,9 +110,10 @@ NO_EXTENSION = textwrap.dedent("""
     y = lk.langevin_step(x, g, **kw)
     xi = lk.philox_normal(20, seed=7, offset=3, dtype=torch.float64).reshape(5, 4)
     assert torch.allclose(y, x - 0.1 * g + 0.5 * xi, rtol=1e-12, atol=1e-12)
-    z = x.clone()
-    lk.langevin_step_(z, g, **kw)
+    z, norms = x.clone(), torch.empty(5, dtype=torch.float64)
+    lk.langevin_step_(z, g, grad_norm_out=norms, **kw)
     assert torch.equal(z, y)
+    assert torch.allclose(norms, torch.linalg.vector_norm(g, dim=1), rtol=1e-12)
     try:
         lk.langevin_step(x, g[:2], **kw)
     except ValueError as exc:

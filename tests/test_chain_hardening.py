@@ -444,9 +444,9 @@ def test_reinit_keeps_a_differentiable_chain_differentiable():
 
 def test_no_host_sync_for_ignore_and_one_check_per_run(monkeypatch):
     calls = []
-    import langevin_kernels.chains as chains_mod
-    real = chains_mod._nonfinite_rows
-    monkeypatch.setattr(chains_mod, "_nonfinite_rows", lambda x: calls.append(1) or real(x))
+    import langevin_kernels.chains.guard as guard_mod
+    real = guard_mod._nonfinite_rows
+    monkeypatch.setattr(guard_mod, "_nonfinite_rows", lambda x: calls.append(1) or real(x))
     x0 = torch.randn(8, 3)
     DataChain(energy_fn(), n_steps=5, step_size=0.1, noise_scale=0.1, on_nonfinite="ignore").run(x0)
     assert calls == []

@@ -1,0 +1,278 @@
+"""The sampler core shared by DataChain and LatentChain: settings, noise bookkeeping, the
+energy gradient, the ULA step and the K-step loop. MALA (mala.py), the divergence guard
+(guard.py) and CUDA-graph capture (graphs.py) are mixed in."""
+from __future__ import annotations
+
+import torch
+
+from ..compiled import DEFAULT_MAX_BLOCK, CompiledRunner, compile_options
+from ..ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance
+from ..schedules import resolve_schedule
+from .checks import _broadcast, _check_state, _optional_positive, _per_chain, _positive_int, check_clamp
+from .graphs import GraphCapture
+from .guard import DivergenceGuard, _check_on_nonfinite
+from .mala import ACCEPT_SEED_XOR, MalaSteps
+from .stats import ChainStats
+
+_U64 = 1 << 64
+_NOT_DIFFERENTIABLE = ("the energy must be a differentiable function of x; it returned a tensor that does not require grad "
+                       "(detached, computed in numpy, independent of x, or under torch.no_grad?)")
+# Settings fixed at construction: a chain precomputes its per-step schedule from them, so a
+# later assignment would be ignored or break a run; build a new chain instead.
+_FROZEN = frozenset(("n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales", "prior_weight", "clamp",
+                     "grad_clip", "mala", "seed", "capture_graph", "differentiable", "track_stats", "on_nonfinite",
+                     "sigma", "compile", "compile_block"))
+
+
+class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
+    """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
+
+    def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
+                 mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
+                 on_nonfinite="raise", compile=False, compile_block=None):
+        self.n_steps = _positive_int("n_steps", n_steps)
+        self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
+        self.step_sizes = resolve_schedule("step_size", step_size, self.n_steps)
+        self.noise_scales = resolve_schedule("noise_scale", noise_scale, self.n_steps)
+        self.prior_weight = float(prior_weight)
+        self.clamp = check_clamp(clamp)
+        self.grad_clip = _optional_positive("grad_clip", grad_clip)
+        self.mala = bool(mala)
+        _as_int64("seed", seed)
+        self.seed = int(seed)
+        self.capture_graph = bool(capture_graph)
+        self.differentiable = bool(differentiable)
+        self.track_stats = bool(track_stats)
+        if self.mala and min(self.noise_scales) <= 0:
+            k = self.noise_scales.index(min(self.noise_scales))
+            raise ValueError(f"mala=True needs noise_scale > 0 at every step (the proposal density), "
+                             f"but step {k} has noise_scale={self.noise_scales[k]}")
+        options = compile_options(compile)
+        self.compile = options is not None
+        self.compile_block = (DEFAULT_MAX_BLOCK if compile_block is None
+                              else _positive_int("compile_block", compile_block))
+        if self.compile and self.differentiable:
+            raise ValueError("compile=True cannot be combined with differentiable=True (compiled blocks keep no "
+                             "autograd graph across steps); use compile=False")
+        self._runner = CompiledRunner(self, options, self.compile_block) if self.compile else None
+        if self.capture_graph and self.differentiable:
+            raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
+                             "CUDA graph keeps no autograd graph")
+        self._offset = 0
+        self.offset = offset
+        self.stats: ChainStats | None = None
+        self.last_nonfinite: torch.Tensor | None = None
+        self._finite_rows = None
+        self.reset_graph()
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if name in _FROZEN and self.__dict__.get("_frozen", False):
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction (the run's schedule is "
+                                 f"built from it); build a new chain with {name}={value!r} instead")
+        super().__setattr__(name, value)
+
+    # --- noise bookkeeping -------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Noise offset where the next run starts (uint64); save it to resume a chain exactly."""
+        return self._offset
+
+    @offset.setter
+    def offset(self, value) -> None:
+        _as_int64("offset", value)
+        self._offset = int(value)
+        if getattr(self, "_rng_state", None) is not None:
+            self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (first calls of each compiled block shape; 0 uncompiled)."""
+        return 0.0 if self._runner is None else self._runner.compile_seconds
+
+    @property
+    def compile_failed(self) -> str | None:
+        """Why compile=True fell back to the uncompiled loop (None: it did not)."""
+        return None if self._runner is None else self._runner.failed
+
+    @property
+    def accept_seed(self) -> int:
+        """Seed of MALA's accept-test stream (seed XOR ACCEPT_SEED_XOR)."""
+        return self.seed ^ ACCEPT_SEED_XOR
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "offset": self._offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"state seed={state['seed']} differs from this chain's seed={self.seed}")
+        self.offset = int(state["offset"])
+
+
+    # --- energy and gradient -----------------------------------------------------------
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _energy_and_grad(self, x):
+        """Per-chain energies [B] and dE/dx; a graph through them only when differentiable."""
+        with torch.enable_grad():
+            if self.differentiable:
+                leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            else:
+                leaf = x.detach().requires_grad_(True)
+            energy = self._energy(leaf)
+            if not isinstance(energy, torch.Tensor):
+                raise TypeError(f"the energy must return a tensor of per-chain energies, shape [{x.shape[0]}]; "
+                                f"got {type(energy).__name__}")
+            if energy.shape != (x.shape[0],):
+                raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], "
+                                 f"got shape {tuple(energy.shape)}")
+            if not energy.requires_grad:
+                raise ValueError(_NOT_DIFFERENTIABLE)
+            (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=self.differentiable)
+        if not self.differentiable:
+            energy = energy.detach()
+        return energy, grad
+
+    def _clip(self, grad):
+        """(clipped grad, per-chain norms before clipping); norms are None when unused."""
+        if self.grad_clip is None and not (self.track_stats or self.mala):
+            return grad, None
+        # 16-bit gradients are summed in float32 (the norm of a large chain would overflow float16)
+        wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        norms = torch.linalg.vector_norm(_per_chain(grad), dim=1, dtype=wide if grad.dtype != wide else None)
+        if self.grad_clip is not None:
+            scale = (self.grad_clip / norms.clamp_min(1e-30)).clamp(max=1.0)
+            grad = grad * _broadcast(scale, grad).to(grad.dtype)
+        return grad, norms
+
+    def _with_prior(self, energy, x):
+        if self.prior_weight == 0.0:
+            return energy
+        return energy + 0.5 * self.prior_weight * _per_chain(x).pow(2).sum(1).to(energy.dtype)
+
+    def _diagnostics(self, energy, norms, accepted, bad=None):
+        """This step's per-chain record (energy incl. prior, grad norm, MALA's accept decisions and
+        non-finite proposals); nothing is reduced here (ChainStats.table does it once). Called only
+        with track_stats, so untracked runs skip even the prior term's energy."""
+        if self.differentiable:   # otherwise neither carries a graph (cheaper than detaching)
+            energy, norms = energy.detach(), norms.detach()
+        return energy, norms, accepted, bad
+
+    # --- one step ----------------------------------------------------------------------
+
+    def _op_kwargs(self, k, offset, rng_row):
+        return dict(step_size=self.step_sizes[k], noise_scale=self.noise_scales[k], seed=self.seed,
+                    offset=offset, prior_weight=self.prior_weight, rng_state=rng_row)
+
+    def _ula_step(self, x, k, offset, rng_state, stat_rows=None):
+        """One ULA step; returns (x, this step's record or None).
+
+        stat_rows: ([B] energy row, [B] grad-norm row) of the run's stat buffers (_stat_buffers),
+        written in place instead of returning a record: the update op itself computes the grad
+        norms (no reduction op of their own), and the run keeps two buffers instead of
+        2 * n_steps small tensors, whose lifetimes would fragment the CPU heap."""
+        energy, grad = self._energy_and_grad(x)
+        norm_row = None
+        if stat_rows is None:
+            grad, norms = self._clip(grad)
+            diag = self._diagnostics(self._with_prior(energy, x), norms, None) if self.track_stats else None
+        else:
+            energy_row, norm_row = stat_rows
+            energy_row.copy_(self._with_prior(energy, x))
+            diag = None
+        rng_row = None if rng_state is None else rng_state[0]
+        if self.differentiable:
+            x = langevin_step(x, grad, clamp=self.clamp, **self._op_kwargs(k, offset, rng_row))
+        else:
+            langevin_step_(x, grad, step_size=self.step_sizes[k], noise_scale=self.noise_scales[k],
+                           seed=self.seed, offset=offset, prior_weight=self.prior_weight, clamp=self.clamp,
+                           rng_state=rng_row, grad_norm_out=norm_row)
+        return x, diag
+
+    def _stat_buffers(self, x):
+        """[n_steps, B] energy and grad-norm buffers of a plain ULA run with stats, or None where
+        steps return records instead (MALA, grad clip, autograd through the chain)."""
+        if not self.track_stats or self.mala or self.differentiable or self.grad_clip is not None:
+            return None
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return tuple(torch.empty(self.n_steps, x.shape[0], dtype=wide, device=x.device) for _ in range(2))
+
+
+    def step(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """Step k of the chain applied to x (noise at offset ``chain.offset + k * advance``).
+
+        Returns the new state; x and the chain's offset are left unchanged. This is the unit
+        that ``torch.compile(chain.step, fullgraph=True)`` compiles.
+        """
+        _check_state("x", x)
+        if not 0 <= k < self.n_steps:
+            raise ValueError(f"k={k} must be a step index in [0, n_steps={self.n_steps})")
+        x = x if self.differentiable else x.detach().clone(memory_format=torch.contiguous_format)
+        offset = (self._offset + k * noise_offset_advance(x.numel())) % _U64
+        if self.mala:
+            x, _, _ = self._mala_step(x, k, offset, None, self._mala_current(x))
+        else:
+            x, _ = self._ula_step(x, k, offset, None)
+        return x
+
+    # --- runs --------------------------------------------------------------------------
+
+    def _loop(self, x, base_offset, rng_state, return_trajectory, thin, track_finite=False):
+        """The K steps from state x; returns (x, trajectory or None, stats or None).
+
+        With ``track_finite`` (only when an error names the failing step: the run is replayed
+        from x0 with the same noise) it leaves in ``self._finite_rows`` the per-chain finiteness
+        of the state before step 0 and after every step (n_steps + 1 bool device tensors [B]).
+        """
+        if self._runner is not None and self._runner.failed is None and not (return_trajectory or track_finite):
+            out = self._runner.run(x, base_offset, rng_state)
+            if out is not None:
+                x, steps = out
+                self._finite_rows = None
+                return x, None, (ChainStats(steps, self.mala) if self.track_stats else None)
+        advance = noise_offset_advance(x.numel())
+        states = [x.clone()] if return_trajectory else None
+        diags = []
+        finite = [torch.isfinite(_per_chain(x)).all(1)] if track_finite else None
+        current = self._mala_current(x) if self.mala else None
+        buffers = self._stat_buffers(x)
+        rows = None if buffers is None else list(zip(buffers[0].unbind(0), buffers[1].unbind(0)))
+        for k in range(self.n_steps):
+            offset = (base_offset + k * advance) % _U64
+            if self.mala:
+                x, current, diag = self._mala_step(x, k, offset, rng_state, current)
+            else:
+                x, diag = self._ula_step(x, k, offset, rng_state, None if rows is None else rows[k])
+            if finite is not None:
+                finite.append(torch.isfinite(_per_chain(x)).all(1))
+            diags.append(diag)
+            if return_trajectory and (k + 1) % thin == 0:
+                states.append(x.clone())
+        stats = ChainStats(diags, self.mala, per_chain=buffers) if self.track_stats else None
+        self._finite_rows = finite
+        return x, (torch.stack(states) if return_trajectory else None), stats
+
+    def _start(self, x0):
+        if self.differentiable:
+            return x0
+        return x0.detach().clone(memory_format=torch.contiguous_format)
+
+    def _run(self, x0, return_trajectory, thin, name="x0"):
+        _check_state(name, x0)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__}.run needs autograd for dE/dx and cannot run under "
+                               "torch.inference_mode(); run it outside (it uses no autograd graph beyond each step)")
+        thin = _positive_int("thin", thin)
+        base_offset = self._offset
+        if self.capture_graph:
+            x, traj, table = self._run_captured(x0, return_trajectory, thin, name)
+        else:
+            x, traj, table = self._loop(self._start(x0), self._offset, None, return_trajectory, thin)
+            self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
+        self.stats = table
+        if self.on_nonfinite != "ignore":
+            x = self._guard(x, traj, x0, base_offset)
+        return (x, traj) if return_trajectory else x

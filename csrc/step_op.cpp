@@ -28,11 +28,10 @@ namespace {
 // ----------------------------------------------------------------------------- routes
 
 // Whether (device type, dtype) runs the native kernel (_ext_step) or the Python-side
-// backend (_routed_step: eager, or triton). Python pushes the table whenever the backend
-// selection changes (dispatch.py); until then CPU is native (the cpp default) and CUDA is
-// routed (triton is the default there).
+// backend (_routed_step: eager, or triton). Python pushes the table when it loads and whenever
+// the backend selection changes (dispatch.py); until then both devices run natively.
 constexpr std::array<at::ScalarType, 4> kDtypes = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
-std::array<std::atomic<bool>, 8> g_native = {true, true, true, true, false, false, false, false};
+std::array<std::atomic<bool>, 8> g_native = {true, true, true, true, true, true, true, true};
 
 int dtype_slot(at::ScalarType t) {
   for (size_t i = 0; i < kDtypes.size(); ++i) {

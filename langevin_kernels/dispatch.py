@@ -8,7 +8,7 @@ Four backends sit behind the one op (docs/op.md):
   cpp     C++ CPU kernel of the extension (csrc/cpu); CPU tensors
   eager   reference.py in plain torch ops; any device
 
-Defaults: triton (then cuda) for CUDA tensors, cpp for CPU tensors, eager when
+Defaults: cuda (then triton) for CUDA tensors, cpp for CPU tensors, eager when
 nothing better is built. `LANGEVIN_BACKEND`, `set_backend` or `use_backend`
 force one; a forced backend that cannot run the tensors' device is an error, not
 a silent fallback.
@@ -159,8 +159,12 @@ def _select_uncached(device: torch.device, dtype: torch.dtype | None) -> str:
             raise RuntimeError(f"backend {_forced!r} was selected but cannot run {device.type} tensors: {reason}")
         return _forced
     if device.type == "cuda":
-        # Triton's scalar arguments are float32, so float64 states go to the C++ kernel.
-        preferred = ("cuda",) if dtype == torch.float64 else ("triton", "cuda")
+        # The C++ kernel first: its calls need no Python at all (csrc/step_op.cpp), and at chain
+        # sizes the host cost decides (H100, benchmarks/results/step-cuda-h100-2026-11-23.json:
+        # per call 46-82 us vs triton's 73-121 us from 2^14 to 2^22 elements, with the older,
+        # Python-side op path). Triton serves when the extension has no CUDA kernels; its scalar
+        # arguments are float32, so it never takes float64 states.
+        preferred = ("cuda",) if dtype == torch.float64 else ("cuda", "triton")
         for name in preferred:
             if unavailable_reason(name, device) is None:
                 return name

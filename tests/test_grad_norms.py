@@ -92,3 +92,22 @@ def test_chain_stats_use_the_op_norms():
     assert torch.equal(fused.run(x0), separate.run(x0))
     torch.testing.assert_close(fused.stats.grad_norm_mean, separate.stats.grad_norm_mean, rtol=1e-6, atol=0)
     torch.testing.assert_close(fused.stats.energy_mean, separate.stats.energy_mean, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_norms_on_cuda(backend, dtype):
+    if dtype == torch.float64 and backend == "triton":
+        pytest.skip("triton takes no float64 states")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 3, 8, 8, generator=gen, device="cuda").to(dtype)
+    g = torch.randn(64, 3, 8, 8, generator=gen, device="cuda").to(dtype)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    norms = torch.full((64,), float("nan"), dtype=wide, device="cuda")
+    with lk.use_backend(backend):
+        plain = lk.langevin_step(x, g, **KW)
+        lk.langevin_step_(x, g, grad_norm_out=norms, **KW)
+    assert torch.equal(x, plain)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5   # as on the CPU (float32 sums of 192 squares)
+    torch.testing.assert_close(norms.double(), _reference_norms(g), rtol=rtol, atol=0)

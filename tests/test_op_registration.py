@@ -130,3 +130,21 @@ def test_ops_exist_without_the_extension():
     result = subprocess.run([sys.executable, "-c", NO_EXTENSION], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@needs_ext
+@pytest.mark.gpu
+def test_cuda_tensors_run_the_cpp_registered_kernel_natively(monkeypatch):
+    if not dispatch._ext_has_cuda():
+        pytest.skip("extension built without CUDA kernels")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("langevin_kernels::langevin_step", "CUDA")
+    calls = []
+    real = dispatch.run_step
+    monkeypatch.setattr(dispatch, "run_step", lambda backend, *a: calls.append(backend) or real(backend, *a))
+    x, g = torch.randn(6, 5, device="cuda"), torch.randn(6, 5, device="cuda")
+    native = lk.langevin_step(x, g, **KW)          # default on CUDA: the cuda backend, from C++
+    assert calls == []
+    with lk.use_backend("triton"):
+        routed = lk.langevin_step(x, g, **KW)
+    assert calls == ["triton"]
+    torch.testing.assert_close(routed, native, rtol=1e-6, atol=1e-6)

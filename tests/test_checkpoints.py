@@ -1,6 +1,14 @@
 """Checkpoints a user can rely on: SIGINT / SIGTERM save the last completed iteration and say how to
-continue, checkpoints never run code when loaded, and the divergence message says what is on disk."""
+continue, a SIGKILL at any moment of a checkpoint write leaves a usable checkpoint (and resume
+finishes the run exactly), unusable checkpoints are refused with the file and the fix named,
+checkpoints never run code when loaded, and the divergence message says what is on disk.
+
+Subprocesses run with one thread (the CPU is shared); the kill moments are set by
+tests/kill_during_save.py, which SIGKILLs the N-th checkpoint write at a chosen stage, so each
+moment is reproducible."""
+import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -10,9 +18,13 @@ import time
 import pytest
 import torch
 
+import langevin_kernels as lk
 from langevin_kernels.dispatch import unavailable_reason
+from langevin_kernels.train.checkpoints import (CHECKPOINT, CheckpointError, atomic_save, load_checkpoint,
+                                                remove_stale_temps)
 from langevin_kernels.train.cli import main as cli_main
-from langevin_kernels.train.trainer import CHECKPOINT, load_checkpoint
+from langevin_kernels.train.config import preset
+from langevin_kernels.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,6 +35,15 @@ ARGS = ["--config", "toy2d", "--method", "dual", "--batch-size", "16", "--n-eval
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "LANGEVIN_BACKEND": BACKEND}
+
+
+def _temps(folder):
+    return sorted(p for p in os.listdir(folder) if ".tmp" in p)
+
+
+def _metrics(folder):
+    history = json.loads((folder / "metrics.json").read_text())
+    return [{k: v for k, v in entry.items() if k != "eval_seconds"} for entry in history]
 
 
 def _params(state):
@@ -75,6 +96,161 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     a, b = _params(resumed), _params(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["method"]["chains"] == ref["method"]["chains"]  # noise offsets
+
+
+# ----------------------------------------------------------------------------- a kill during a write
+
+KILL_ITERS, KILL_CKPT = 16, 2  # 8 checkpoint writes; evaluations at 10 and 16
+KILL_ARGS = ["--config", "toy2d", "--method", "dual", "--iters", str(KILL_ITERS), "--ckpt-every", str(KILL_CKPT),
+             "--eval-every", "10", "--n-eval", "64", "--batch-size", "32", "--seed", "3", "--threads", "1",
+             "--no-progress"]
+KILL_STAGES = ("partial", "written", "replaced")
+KILL_CHILD = os.path.join(os.path.dirname(__file__), "kill_during_save.py")
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_then_resume(tmp_path):
+    """SIGKILL inside a seeded random checkpoint write, at each stage of the write: the checkpoint on
+    disk is the previous or the new complete one; --resume removes the stale temp file and finishes
+    with exactly the uninterrupted run's parameters, chain offsets and metrics."""
+    n_saves = KILL_ITERS // KILL_CKPT
+    rng = random.Random(20240601)
+    kills = {stage: rng.randint(1, n_saves - 1) for stage in KILL_STAGES}  # not the last: work is left
+    procs = {}
+    for stage, nth in kills.items():  # the killed runs in parallel subprocesses ...
+        cmd = [sys.executable, KILL_CHILD, str(nth), stage, *KILL_ARGS, "--out", str(tmp_path / stage)]
+        procs[stage] = subprocess.Popen(cmd, env=_env(),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref = tmp_path / "uninterrupted"  # ... while this process runs the reference
+    with lk.use_backend(BACKEND):
+        assert cli_main(KILL_ARGS + ["--out", str(ref)]) == 0
+    ref_state = load_checkpoint(str(ref / CHECKPOINT))
+    assert ref_state["iteration"] == KILL_ITERS and [e["iteration"] for e in _metrics(ref)] == [10, KILL_ITERS]
+
+    for stage, proc in procs.items():
+        nth, out = kills[stage], tmp_path / stage
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (stage, stderr[-2000:])
+        # What the kill left: the checkpoint is the previous or the new complete one, never torn.
+        temps = _temps(out)
+        expect_iteration = nth * KILL_CKPT if stage == "replaced" else (nth - 1) * KILL_CKPT
+        if expect_iteration:
+            assert load_checkpoint(str(out / CHECKPOINT))["iteration"] == expect_iteration, stage
+        else:
+            assert not (out / CHECKPOINT).exists()
+        if stage == "replaced":
+            assert temps == []
+        else:
+            assert temps == [f"{CHECKPOINT}.tmp{proc.pid}"]
+            if stage == "partial":  # the torn temp file is garbage to torch.load ...
+                with pytest.raises(CheckpointError, match="unreadable"):
+                    load_checkpoint(str(out / temps[0]))
+            else:
+                assert load_checkpoint(str(out / temps[0]))["iteration"] == nth * KILL_CKPT
+
+        # ... and never read: resume (in this process) removes it and finishes the run.
+        with lk.use_backend(BACKEND):
+            assert cli_main(KILL_ARGS + ["--out", str(out), "--resume"]) == 0
+        assert _temps(out) == []
+        final = load_checkpoint(str(out / CHECKPOINT))
+        assert final["iteration"] == KILL_ITERS
+        a, b = _params(final), _params(ref_state)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (stage, k)
+        assert final["method"]["chains"] == ref_state["method"]["chains"]  # noise offsets
+        assert _metrics(out) == _metrics(ref), stage
+        assert json.loads((out / "config.json").read_text())["iters"] == KILL_ITERS
+
+
+def test_failed_write_keeps_old_checkpoint_and_no_temp(tmp_path):
+    path = str(tmp_path / CHECKPOINT)
+    atomic_save({"iteration": 1}, path)
+    with pytest.raises(Exception):
+        atomic_save({"iteration": 2, "bad": lambda: None}, path)  # lambdas do not pickle: fails mid-write
+    assert torch.load(path, weights_only=False) == {"iteration": 1}
+    assert _temps(tmp_path) == []
+
+
+def test_stale_temps_removed_unless_writer_alive(tmp_path):
+    path = tmp_path / CHECKPOINT
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"{CHECKPOINT}.tmp{dead.pid}").write_bytes(b"torn")
+    (tmp_path / f"{CHECKPOINT}.tmp{os.getppid()}").write_bytes(b"someone else's live write")
+    (tmp_path / "metrics.json.tmp1").write_bytes(b"other file")
+    assert remove_stale_temps(str(path)) == [f"{CHECKPOINT}.tmp{dead.pid}"]
+    assert _temps(tmp_path) == sorted([f"{CHECKPOINT}.tmp{os.getppid()}", "metrics.json.tmp1"])
+
+
+# ----------------------------------------------------------------------------- unusable checkpoints
+
+def _tiny(**over):
+    base = dict(method="dual", iters=2, batch_size=16, eval_every=1000, ckpt_every=1000, n_eval=64)
+    base.update(over)
+    return preset("toy2d", **base)
+
+
+TINY_ARGS = ["--config", "toy2d", "--iters", "2", "--batch-size", "16", "--n-eval", "64", "--no-progress",
+             "--resume"]
+
+
+def _garbage(path):
+    path.write_bytes(bytes(range(256)) * 40)
+
+
+def _truncated(path):
+    torch.save({"iteration": 0, "weights": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _wrong_dict(path):
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+def _not_a_dict(path):
+    torch.save(torch.zeros(3), path)
+
+
+def _wrong_state(path):
+    good = Trainer(_tiny(), str(path.parent), progress=False).state_dict()
+    good["method"] = {"models": {}}
+    torch.save(good, path)
+
+
+@pytest.mark.parametrize("corrupt, detail", [
+    (_garbage, "unreadable"), (_truncated, "unreadable"), (_wrong_dict, r"missing \['iteration', 'config'"),
+    (_not_a_dict, "holds a Tensor"), (_wrong_state, "does not fit this run's models")])
+def test_corrupt_checkpoint_clear_error(tmp_path, capsys, corrupt, detail):
+    out = tmp_path / "run"
+    out.mkdir()
+    corrupt(out / CHECKPOINT)
+    before = (out / CHECKPOINT).read_bytes()
+    assert cli_main(TINY_ARGS + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("langevin-train: error: checkpoint ") and str(out / CHECKPOINT) in err
+    assert re.search(detail, err), err
+    assert "rm " in err and "without --resume" in err and "Traceback" not in err
+    assert (out / CHECKPOINT).read_bytes() == before  # left for the user to inspect
+    assert not (out / "metrics.json").exists()  # nothing trained
+
+
+def test_resume_with_a_different_config_names_the_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(_tiny(), str(out), progress=False).save()
+    assert cli_main(TINY_ARGS + ["--out", str(out), "--method", "coop", "--dataset", "rings"]) == 2
+    err = capsys.readouterr().err
+    assert str(out / CHECKPOINT) in err
+    assert "dataset: checkpoint '8gaussians', requested 'rings'" in err
+    assert "method: checkpoint 'dual', requested 'coop'" in err
+    assert "seed" not in err.split("(", 1)[1].split(")")[0]  # only differing keys are listed
+    # Run length, device and evaluation settings may change on resume.
+    assert cli_main(TINY_ARGS + ["--out", str(out), "--n-eval", "32", "--eval-every", "7"]) == 0
+    assert load_checkpoint(str(out / CHECKPOINT))["iteration"] == 2
+    # A checkpoint beyond the requested length is not silently "finished".
+    assert cli_main([a if a != "2" else "1" for a in TINY_ARGS] + ["--out", str(out)]) == 2
+    assert "at iteration 2, beyond iters=1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- loading never runs code

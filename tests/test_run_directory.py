@@ -9,7 +9,7 @@ import pytest
 
 from langevin_kernels.train.cli import main as cli_main
 from langevin_kernels.train.rundir import LOCK_NAME, RunDirectoryLock, is_run_output
-from langevin_kernels.train.trainer import CHECKPOINT
+from langevin_kernels.train.checkpoints import CHECKPOINT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

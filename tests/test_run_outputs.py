@@ -14,7 +14,9 @@ from PIL import Image
 import langevin_kernels as lk
 from langevin_kernels.train.cli import build_parser, main as cli_main
 from langevin_kernels.train.config import TrainConfig, preset
-from langevin_kernels.train.trainer import LOSSES_CSV, SAMPLE_TITLES, Trainer
+from langevin_kernels.train.evaluation import SAMPLE_TITLES
+from langevin_kernels.train.outputs import LOSSES_CSV
+from langevin_kernels.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

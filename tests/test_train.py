@@ -8,7 +8,8 @@ import torch
 
 from langevin_kernels.train.cli import main as cli_main
 from langevin_kernels.train.config import METHODS, preset
-from langevin_kernels.train.trainer import CHECKPOINT, Trainer, TrainingDiverged
+from langevin_kernels.train.checkpoints import CHECKPOINT
+from langevin_kernels.train.trainer import Trainer, TrainingDiverged
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

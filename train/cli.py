@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"iterations between checkpoints ({_preset_defaults('ckpt_every')})")
     p.add_argument("--n-eval", type=int, default=None,
                    help=f"samples per evaluation ({_preset_defaults('n_eval')})")
+    p.add_argument("--width-mult", type=float, default=None,
+                   help="scale every model's hidden units / channels (toy2d and image configs; default: 1.0, "
+                        "the documented architectures)")
     p.add_argument("--fid-weights", default=None, metavar="PATH",
                    help="image configs: a local TorchScript Inception feature network for FID (see train/fid.py); "
                         "default: none, FID skipped and metrics.json says why")
@@ -75,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args):
     return preset(args.config, dataset=args.dataset, method=args.method, iters=args.iters, seed=args.seed,
                   device=args.device, batch_size=args.batch_size, eval_every=args.eval_every,
-                  ckpt_every=args.ckpt_every, n_eval=args.n_eval, compile=args.compile or None)
+                  ckpt_every=args.ckpt_every, n_eval=args.n_eval, compile=args.compile or None,
+                  width_mult=args.width_mult)
 
 
 def _check_ranks_resumed_together(trainer) -> None:
     """Under DDP every rank must continue from the same iteration (each has its own checkpoint file)."""
     from .distributed import all_values
-    from .trainer import CheckpointError
+    from .checkpoints import CheckpointError
 
     iterations = all_values(trainer.iteration)
     if len(set(iterations)) > 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 METHODS = ("dual", "coop", "shortrun", "persistent", "vaebm-teach")
 CONFIGS = ("toy2d", "digits", "cifar10", "celeba64")
@@ -32,6 +32,8 @@ class TrainConfig:
     device: str = "cpu"
     image_size: int = 0           # 0 for toys and digits
     latent_dim: int = 2
+    width_mult: float = 1.0       # hidden units / channels of every model times this (toy2d and image
+                                  # models; 1: the documented architectures). Small values make tests fast.
     sigma: float = 0.1            # generator observation noise (L_G is the reference's plain SSE)
     latent_sigma: float = 0.1     # sigma the LatentChain uses (reference parity: sigma / sqrt(2))
     # data chain (EBM), docs/training.md (dual-MCMC, step 2)
@@ -146,6 +148,11 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} is out of range; allowed: a finite number >= 0")
         if not c.max_energy_gap >= 0:  # inf allowed (never abort on size), 0 aborts at once
             raise ValueError(f"max_energy_gap={c.max_energy_gap!r} is out of range; allowed: a number >= 0")
+        if not (math.isfinite(c.width_mult) and c.width_mult > 0):
+            raise ValueError(f"width_mult={c.width_mult!r} is out of range; allowed: a finite number > 0")
+        if c.config == "digits" and c.width_mult != 1:
+            raise ValueError(f"width_mult={c.width_mult!r} is not allowed with config='digits' (its models have "
+                             "one fixed size); allowed: 1.0")
         if not 0 < c.lr_decay <= 1:
             raise ValueError(f"lr_decay={c.lr_decay!r} is out of range; allowed: 0 < lr_decay <= 1")
         if not 0 <= c.reinit_prob <= 1:

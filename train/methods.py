@@ -39,14 +39,19 @@ def data_shape(cfg: TrainConfig) -> tuple[int, ...]:
 
 def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
     """Energy, generator and encoder for the config's data kind."""
+    def width(default: int) -> int:  # cfg.width_mult scales every model's hidden units / channels
+        return max(4, round(default * cfg.width_mult))
+
     if cfg.config == "toy2d":
-        return {"energy": EnergyMLP(), "generator": GeneratorMLP(cfg.latent_dim),
-                "encoder": EncoderMLP(latent_dim=cfg.latent_dim)}
+        return {"energy": EnergyMLP(hidden=width(128)), "generator": GeneratorMLP(cfg.latent_dim, hidden=width(128)),
+                "encoder": EncoderMLP(latent_dim=cfg.latent_dim, hidden=width(128))}
     if cfg.config == "digits":
         return {"energy": DigitsEnergy(), "generator": DigitsGenerator(cfg.latent_dim),
                 "encoder": DigitsEncoder(cfg.latent_dim)}
-    return {"energy": ResNetEnergy(cfg.image_size), "generator": SNGANGenerator(cfg.latent_dim, cfg.image_size),
-            "encoder": ConvEncoder(cfg.latent_dim, cfg.image_size)}
+    size = cfg.image_size
+    return {"energy": ResNetEnergy(size, channels=width(128)),
+            "generator": SNGANGenerator(cfg.latent_dim, size, channels=width(256)),
+            "encoder": ConvEncoder(cfg.latent_dim, size, channels=width(64))}
 
 
 def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n: float, seed: int,

@@ -6,9 +6,11 @@ only if many steps share one compiled call, so the run is cut into blocks of S s
 (``compile_block``, default up to 20) and each block, energy + gradient + update (+ MALA's
 accept test, clamp, grad clip and statistics), is one graph that inductor fuses. The update is
 written as tensor math inside the graph, so it fuses with the gradient's last kernel; its noise
-is the package's Philox stream, drawn by one ``philox_normal`` call per block outside the graph
-(exactly the normals the uncompiled chain draws, step by step), so compiled and uncompiled runs
-agree to float rounding. Offsets, step sizes and noise are tensors, so neither a new offset, a
+is the package's Philox stream, drawn outside the graph by one ``philox_normal`` call for up to
+NOISE_DRAW_NUMBERS normals (a short run's whole noise; exactly the normals the uncompiled chain
+draws, step by step), so compiled and uncompiled runs agree to float rounding. A run's only
+Python work is per block (a warm block is called without torch._dynamo.config.patch, which
+costs more than a small block's kernel), so per-step cost falls with the block length. Offsets, step sizes and noise are tensors, so neither a new offset, a
 schedule, nor an optimizer step on the energy's parameters recompiles; a new state shape,
 dtype or block length does (once each).
 """
@@ -24,6 +26,9 @@ from .ops import noise_offset_advance, philox_normal
 
 log = logging.getLogger("langevin_kernels")
 DEFAULT_MAX_BLOCK = 20
+# Normals drawn per philox_normal call (16 MB of float32): whole short runs in one call, and at
+# least one block per call for large states.
+NOISE_DRAW_NUMBERS = 1 << 22
 
 
 def block_length(n_steps: int, max_block: int) -> int:
@@ -58,13 +63,18 @@ class CompiledRunner:
         self.failed: str | None = None      # why compilation failed (the chain then runs uncompiled)
         self.compile_seconds = 0.0
         self._seen: set = set()
+        self._plans: dict = {}
 
     # --- the graph ---------------------------------------------------------------------
 
     def _block(self, x, noise, accept_normals, step_sizes, noise_scales):
-        """len(noise) steps from x; returns x and per-step [S, B] records for ChainStats."""
+        """len(noise) steps from x; returns x and, with stats, the [S, B] per-chain records
+        (energy, grad norm, and for MALA accept decisions and bad proposals; None where unused).
+
+        (Writing the records into rows of caller-provided buffers instead was tried: the
+        functionalized row writes made inductor's kernel recompute, 100x slower.)"""
         chain = self.chain
-        records = []
+        records = [] if chain.track_stats else None
         current = chain._mala_current(x) if chain.mala else None
         for j in range(noise.shape[0]):
             a, s = step_sizes[j], noise_scales[j]
@@ -75,8 +85,9 @@ class CompiledRunner:
                 grad, norms = chain._clip(grad)
                 rec = chain._diagnostics(chain._with_prior(energy, x), norms, None) if chain.track_stats else None
                 x = self._update(x, grad, a, s, noise[j], chain.clamp)
-            records.append(rec)
-        if not chain.track_stats:
+            if records is not None:
+                records.append(rec)
+        if records is None:
             return x, None
         return x, [torch.stack(part) if part[0] is not None else None for part in zip(*records)]
 
@@ -95,6 +106,25 @@ class CompiledRunner:
 
     # --- the run -----------------------------------------------------------------------
 
+    def _plan(self, x):
+        """Per (state shape, dtype, device): the blocks [(first step, length)], the per-block
+        step-size and noise-scale tensors, and how many blocks share one noise draw. Built once:
+        a run then does no Python work per step, only per block."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            chain = self.chain
+            n_steps, S = chain.n_steps, block_length(chain.n_steps, self.max_block)
+            math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            a_all = torch.tensor(chain.step_sizes, dtype=math_dtype, device=x.device)
+            s_all = torch.tensor(chain.noise_scales, dtype=math_dtype, device=x.device)
+            blocks = [(k0, min(S, n_steps - k0)) for k0 in range(0, n_steps, S)]
+            schedule = [(a_all[k0:k0 + n], s_all[k0:k0 + n]) for k0, n in blocks]
+            row = 4 * noise_offset_advance(x.numel())      # normals per step in the stream
+            per_draw = max(1, NOISE_DRAW_NUMBERS // (row * S))
+            plan = self._plans[key] = (blocks, schedule, per_draw)
+        return plan
+
     def _draws(self, seed, offset, n_steps, numel, keep, device, rng_row):
         """[n_steps, keep] normals: row j = philox_normal(keep, seed, offset + j * advance)."""
         advance = noise_offset_advance(numel)
@@ -102,51 +132,59 @@ class CompiledRunner:
         return flat.view(n_steps, 4 * advance)[:, :keep]
 
     def run(self, x, base_offset, rng_state):
-        """The chain's K steps from x (a fresh tensor); (x, stats records) or None when the
-        energy could not be compiled (the caller then runs the uncompiled loop)."""
+        """The chain's K steps from x (a fresh tensor); (x, stats buffers or None) or None when
+        the energy could not be compiled (the caller then runs the uncompiled loop).
+
+        The noise of ``per_draw`` blocks is drawn by one philox_normal call (the stream is
+        contiguous: step k's normals start at offset + k * advance), and the blocks' [S, B]
+        records are concatenated once at the end into [n_steps, B] buffers for ChainStats."""
         chain = self.chain
-        advance = noise_offset_advance(x.numel())
-        S = block_length(chain.n_steps, self.max_block)
-        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        a_all = torch.tensor(chain.step_sizes, dtype=math_dtype, device=x.device)
-        s_all = torch.tensor(chain.noise_scales, dtype=math_dtype, device=x.device)
-        steps = []
-        for k0 in range(0, chain.n_steps, S):
-            n = min(S, chain.n_steps - k0)
-            offset = (base_offset + k0 * advance) % (1 << 64)
-            noise = self._draws(chain.seed, offset, n, x.numel(), x.numel(), x.device,
-                                None if rng_state is None else rng_state[0]).view(n, *x.shape)
-            accept = None
-            if chain.mala:
-                accept = self._draws(chain.accept_seed, offset, n, x.numel(), x.shape[0], x.device,
-                                     None if rng_state is None else rng_state[1])
-            out = self._call(x, noise, accept, a_all[k0:k0 + n], s_all[k0:k0 + n])
+        blocks, schedule, per_draw = self._plan(x)
+        advance, numel, batch = noise_offset_advance(x.numel()), x.numel(), x.shape[0]
+        rows = (None, None) if rng_state is None else (rng_state[0], rng_state[1])
+        records = [] if chain.track_stats else None
+        for b, (k0, n) in enumerate(blocks):
+            if b % per_draw == 0:   # the next per_draw blocks' noise (and MALA's accept normals)
+                last = blocks[min(b + per_draw, len(blocks)) - 1]
+                span, offset = last[0] + last[1] - k0, (base_offset + k0 * advance) % (1 << 64)
+                noise = self._draws(chain.seed, offset, span, numel, numel, x.device, rows[0])
+                accept = (self._draws(chain.accept_seed, offset, span, numel, batch, x.device, rows[1])
+                          if chain.mala else None)
+                first = k0
+            j = k0 - first
+            out = self._call(x, noise[j:j + n].view(n, *x.shape), None if accept is None else accept[j:j + n],
+                             *schedule[b])
             if out is None:
                 return None
-            x, records = out
+            x, block_records = out
             if records is not None:
-                steps.extend(zip(*(r.unbind(0) if r is not None else [None] * n for r in records)))
-        return x, steps
+                records.append(block_records)
+        if records is None:
+            return x, None
+        return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))
 
     def _call(self, *args):
         x = args[0]
         key = (tuple(x.shape), x.dtype, x.device, args[1].shape[0])
-        first = key not in self._seen
+        if key in self._seen:
+            try:   # a warm graph: no config patch (it costs more than a small block's kernel)
+                return self.compiled(*args)
+            except Exception:  # noqa: BLE001 - a guard failed (e.g. the energy's module changed mode) and
+                pass           # dynamo retraces: autograd.grad needs trace_autograd_ops, so retry with it
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                return self.compiled(*args)
         t0 = time.perf_counter()
         try:
             with torch._dynamo.config.patch(trace_autograd_ops=True):
                 out = self.compiled(*args)
         except Exception as exc:   # noqa: BLE001 - any tracing/compile failure means: run uncompiled
-            if not first:
-                raise
             self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
                           f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
             return None
-        if first:
-            self._seen.add(key)
-            seconds = time.perf_counter() - t0
-            self.compile_seconds += seconds
-            log.info("%s: compiled a %d-step block for %s %s in %.1f s", type(self.chain).__name__,
-                     key[3], key[0], key[1], seconds)
+        self._seen.add(key)
+        seconds = time.perf_counter() - t0
+        self.compile_seconds += seconds
+        log.info("%s: compiled a %d-step block for %s %s in %.1f s", type(self.chain).__name__,
+                 key[3], key[0], key[1], seconds)
         return out

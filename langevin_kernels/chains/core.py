@@ -260,9 +260,9 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if self._runner is not None and self._runner.failed is None and not (return_trajectory or track_finite):
             out = self._runner.run(x, base_offset, rng_state)
             if out is not None:
-                x, steps = out
+                x, buffers = out
                 self._finite_rows = None
-                return x, None, (ChainStats(steps, self.mala) if self.track_stats else None)
+                return x, None, (ChainStats(None, self.mala, per_chain=buffers) if self.track_stats else None)
         advance = noise_offset_advance(x.numel())
         states = [x.clone()] if return_trajectory else None
         diags = []

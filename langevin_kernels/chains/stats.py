@@ -20,11 +20,12 @@ class ChainStats:
     """
 
     def __init__(self, steps, mala: bool, reinitialized: int = 0, table: torch.Tensor | None = None,
-                 per_chain: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 per_chain: tuple | None = None):
         # The run keeps its per-step per-chain values (energy, grad norm, and for MALA the
         # accept decisions and bad proposals): no reduction per step. They come either as a
         # list of per-step tuples (`steps`) or, from the plain ULA loop, as two [n_steps, B]
-        # buffers the steps wrote into (`per_chain`). The [n_steps, 4] table is reduced from
+        # buffers the steps wrote into (`per_chain`; compiled runs add MALA's [n_steps, B]
+        # accept decisions and bad proposals, or None). The [n_steps, 4] table is reduced from
         # them on first use.
         self._steps = steps
         self._per_chain = per_chain
@@ -37,7 +38,7 @@ class ChainStats:
         """[n_steps, 4] device tensor, columns as STAT_NAMES."""
         if self._table is None:
             if self._per_chain is not None:
-                (energies, norms), accepted, bad = self._per_chain, None, None
+                energies, norms, accepted, bad = (*self._per_chain, None, None)[:4]
             else:
                 energies, norms, accepted, bad = (torch.stack(part) if part[0] is not None else None
                                                   for part in zip(*self._steps))

@@ -20,7 +20,10 @@ Variants (every one runs the same chain from the same starts):
   compile                torch.compile of one eager step (fullgraph, autograd traced), looped;
   lk[B]                  lk.DataChain / lk.LatentChain with default options on backend B;
   lk[B] lean             the same with track_stats=False, on_nonfinite="ignore";
-  lk[B] compile          compile=True (the whole run one compiled graph), default backend only;
+  lk[B] compile          compile=True (the run as compiled blocks of up to 20 unrolled steps),
+                         default backend only;
+  lk[B] compile lean     the same with track_stats=False, on_nonfinite="ignore" (the per-step
+                         records cost the compiled wrapper two tensor views per step);
   lk[B] graph            capture_graph=True (CUDA);  lk[B] compile+graph  both (CUDA);
   torchebm               torchebm's LangevinDynamics (optional);
   jax                    jax.jit of a lax.scan over the K steps, noise from jax.random (optional;
@@ -312,6 +315,8 @@ def build_variants(case: ChainCase, device, *, with_compile: bool) -> list[Varia
             variants.append(Variant(f"lk[{backend}] compile", unavailable=QUICK_COMPILE_SKIP))
             continue
         variants.append(ours(backend, "compile", {"compile": True}, compiled=True))
+        variants.append(ours(backend, "compile lean", {"compile": True, "track_stats": False,
+                                                       "on_nonfinite": "ignore"}, compiled=True))
         if on_cuda:
             variants.append(ours(backend, "compile+graph", {"compile": True, "capture_graph": True}, compiled=True))
     if not backends:

@@ -56,6 +56,19 @@ class Evaluator:
             self.classifier = M.digits_classifier(self.digits.train_x, self.digits.train_y, cache, seed=0)
 
     def evaluate(self, method: Method, iteration: int) -> dict:
+        """The metrics of this evaluation (and its plots). The models' buffers (BatchNorm running
+        statistics, spectral-norm power-iteration vectors), which evaluation chains in train mode
+        update, are restored afterwards: evaluating never changes the training run."""
+        kept = {name: {k: b.clone() for k, b in model.named_buffers()} for name, model in method.models.items()}
+        try:
+            return self._evaluate(method, iteration)
+        finally:
+            with torch.no_grad():
+                for name, model in method.models.items():
+                    for k, b in model.named_buffers():
+                        b.copy_(kept[name][k])
+
+    def _evaluate(self, method: Method, iteration: int) -> dict:
         if self.cfg.config == "toy2d":
             return self._toy(method, iteration)
         if self.cfg.config == "digits":

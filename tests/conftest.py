@@ -1,6 +1,7 @@
 """Shared test setup: CPU-friendly defaults and clean skipping of GPU tests."""
 import pytest
 import torch
+from backends import Backend, backend_params
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -31,6 +32,23 @@ def cpu_backend(request):
     if reason:
         pytest.skip(f"backend {request.param}: {reason}")
     return request.param
+
+
+@pytest.fixture(params=backend_params())
+def backend(request) -> Backend:
+    """Every (backend, device) pair of tests/backends.py. A CPU backend that cannot run here is
+    skipped with the reason (triton needs TRITON_INTERPRET=1); on a GPU machine both CUDA
+    backends must run: a missing one means a broken CUDA build or Triton, so it fails."""
+    from langevin_kernels.dispatch import unavailable_reason
+    b = request.param
+    reason = unavailable_reason(b.name, b.device)
+    if reason and b.is_cuda:
+        if not HAS_CUDA:  # the gpu mark skips these before setup; this covers direct calls
+            pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+        pytest.fail(f"backend {b.name!r} must run on a GPU machine, but: {reason}")
+    if reason:
+        pytest.skip(f"backend {b.name}: {reason}")
+    return b
 
 
 @pytest.fixture

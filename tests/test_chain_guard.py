@@ -1,6 +1,7 @@
-"""Hardening of DataChain / LatentChain: the on_nonfinite divergence guard and property tests.
+"""The chain divergence guard (on_nonfinite, reinit_fn, NonFiniteChainError) and property tests
+of DataChain / LatentChain against an eager loop of the op.
 
-The property tests (hypothesis, derandomized profile "chain-hardening") draw batches of 1..5
+The property tests (hypothesis, derandomized profile "chain-guard") draw batches of 1..5
 chains with states of shape (B,), (B, d) or (B, c, h, w), dtypes float32 / float64 / bfloat16 /
 float16 (every dtype the op supports), n_steps 0..5 (0 is refused by the constructor), seeds
 including 0, 2**63 and 2**64 - 1, start offsets including the last one before the 2**64 wrap,
@@ -19,9 +20,9 @@ import langevin_kernels as lk
 from langevin_kernels.chains import REINIT_SEED_XOR, DataChain, LatentChain, NonFiniteChainError
 from langevin_kernels.dispatch import unavailable_reason
 
-settings.register_profile("chain-hardening", derandomize=True, deadline=None, max_examples=60, database=None,
+settings.register_profile("chain-guard", derandomize=True, deadline=None, max_examples=60, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
-PROFILE = settings.get_profile("chain-hardening")
+PROFILE = settings.get_profile("chain-guard")
 U64 = 1 << 64
 
 CPU_BACKENDS = [b for b in ("cpp", "eager", "triton") if unavailable_reason(b, "cpu") is None]

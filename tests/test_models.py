@@ -1,15 +1,25 @@
 """Model shapes, output ranges and the constraints each model documents."""
 import pytest
 import torch
-
-from langevin_kernels.models import (LOGVAR_RANGE, ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator,
-                                     EncoderMLP, EnergyMLP, GeneratorMLP, ResNetEnergy, SNGANGenerator,
-                                     gaussian_nll, reparameterize)
+from langevin_kernels.models import (
+    LOGVAR_RANGE,
+    ConvEncoder,
+    DigitsEncoder,
+    DigitsEnergy,
+    DigitsGenerator,
+    EncoderMLP,
+    EnergyMLP,
+    GeneratorMLP,
+    ResNetEnergy,
+    SNGANGenerator,
+    gaussian_nll,
+    reparameterize,
+)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every test here on one thread (conftest's one_thread restores the previous count)."""
 
 
 def test_toy_mlps_shapes():

@@ -3,32 +3,46 @@ and with an independent rendering of the spec, and its statistics."""
 import numpy as np
 import pytest
 import torch
-
-import langevin_kernels as lk
-from langevin_kernels import dispatch
+from backends import per_device
 from philox_spec import KNOWN_ANSWERS, normal_stream
 
-# Offsets chosen so that the 64-bit counter's low word wraps inside the draw,
-# and the largest seeds/offsets whose draws still fit below 2^64.
-SEED_OFFSETS = [(0, 0), (7, 2**32 - 3), (2**64 - 1, 2**40 + 5), (12345, 2**64 - 2**18)]
+import langevin_kernels as lk
+from langevin_kernels import dispatch, reference
+
+# Offsets chosen so that the 64-bit counter's low word wraps inside the draw; seeds with the
+# high bit set; "last" is the largest offset whose draw still fits below 2^64.
+SEED_OFFSETS = [(0, 0), (7, 2**32 - 3), (2**64 - 1, 2**40 + 5), (12345, "last")]
+# 2^20 + 3 on CUDA: a partial last Philox group after many full blocks.
+LENGTHS = per_device(cpu=[1, 3, 4, 5, 4097, 2**20], cuda=[1, 3, 4, 5, 4097, 2**20 + 3])
 
 
 @pytest.mark.parametrize("counter,key,expected", KNOWN_ANSWERS)
-def test_philox_known_answers(cpu_backend, counter, key, expected):
-    words = dispatch.run_philox(cpu_backend, torch.tensor([counter], dtype=torch.int64), *key)
-    assert [int(v) for v in words[0]] == list(expected)
+def test_philox_known_answers(backend, counter, key, expected):
+    counters = torch.tensor([counter], dtype=torch.int64, device=backend.device)
+    words = dispatch.run_philox(backend.name, counters, *key)
+    assert [int(v) for v in words[0].cpu()] == list(expected)
 
 
-@pytest.mark.parametrize("n", [1, 3, 4, 5, 4097, 2**20])
+def test_philox_random_counters_match_reference(backend):
+    gen = torch.Generator().manual_seed(1)
+    counters = torch.randint(0, 2**32, (4099, 4), generator=gen, dtype=torch.int64)
+    want = reference.philox_bits(counters, 0x9E3779B9, 0xDEADBEEF)
+    got = dispatch.run_philox(backend.name, counters.to(backend.device), 0x9E3779B9, 0xDEADBEEF)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("backend,n", LENGTHS, indirect=["backend"])
 @pytest.mark.parametrize("seed,offset", SEED_OFFSETS)
-def test_stream_matches_spec(cpu_backend, n, seed, offset):
-    with lk.use_backend(cpu_backend):
-        got = lk.philox_normal(n, seed=seed, offset=offset).double().numpy()
+def test_stream_matches_spec(backend, n, seed, offset):
+    if offset == "last":
+        offset = 2**64 - lk.noise_offset_advance(n)
+    with lk.use_backend(backend.name):
+        got = lk.philox_normal(n, seed=seed, offset=offset, device=backend.device)
+    assert got.shape == (n,) and got.device.type == backend.device
     want = normal_stream(n, seed, offset)
-    assert got.shape == (n,)
     # float32 kernels: u is rounded to float32 (relative 2^-24) and the angle 2*pi*v
     # carries ~4e-7 absolute error, times a radius of at most 6.7: < 3e-6 by analysis.
-    assert np.max(np.abs(got - want)) <= 1e-5
+    assert np.max(np.abs(got.double().cpu().numpy() - want)) <= 1e-5
 
 
 def test_counter_layout_one_philox_per_four_elements():
@@ -39,11 +53,11 @@ def test_counter_layout_one_philox_per_four_elements():
     assert torch.equal(a[4:], b)
 
 
-def test_stream_on_device_state_equals_host_arguments(cpu_backend):
-    state = torch.tensor([99, 2**33], dtype=torch.int64)
-    with lk.use_backend(cpu_backend):
-        from_state = lk.philox_normal(101, seed=0, offset=5, rng_state=state)
-        from_args = lk.philox_normal(101, seed=99, offset=2**33 + 5)
+def test_stream_on_device_state_equals_host_arguments(backend):
+    state = torch.tensor([99, 2**33], dtype=torch.int64, device=backend.device)
+    with lk.use_backend(backend.name):
+        from_state = lk.philox_normal(1001, seed=0, offset=5, device=backend.device, rng_state=state)
+        from_args = lk.philox_normal(1001, seed=99, offset=2**33 + 5, device=backend.device)
     assert torch.equal(from_state, from_args)
 
 

@@ -1,18 +1,26 @@
-"""Regenerate train/RESULTS.md: dual-MCMC teaching vs its baselines, several seeds per cell.
+"""Regenerate train/RESULTS.md: dual-MCMC teaching vs its baselines at converged budgets, 3 seeds.
 
-    python -m langevin_kernels.train.results --out runs/results --workers 2
-    python -m langevin_kernels.train.results --table-only --out runs/results   # re-aggregate
+    python -m langevin_kernels.train.results --out runs/results --workers 2          # everything
+    python -m langevin_kernels.train.results --datasets 8gaussians --seeds 0         # one part
+    python -m langevin_kernels.train.results --table-only --out runs/results         # re-aggregate
 
-Every cell is one ``langevin-train`` command (listed in the table), run in its own process with
-one thread; finished cells (metrics.json at the final iteration) are skipped, so an interrupted
-sweep resumes where it stopped. The table reports mean +- std over seeds of the final evaluation.
+Every run is one ``langevin-train`` command in its own process with one thread. Budgets come from
+learning curves: a run starts at its data set's first budget, evaluating every tenth of it; when
+its curve (grid KL for the toys, the generator's Frechet distance for digits) still falls over
+the last 20 % of training, the run is resumed to twice the budget, up to MAX_DOUBLINGS times.
+Finished runs (converged, or at the largest budget) are skipped, so a sweep resumes where it
+stopped and runs in parts. Each run's wall time (all its processes) is kept in <out>/<run>.sweep.json.
+The report shows mean +- std over seeds of each run's final evaluation, one learning-curve figure
+per data set (every method on one axes) and, for digits, one sample grid per method.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,68 +28,155 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-TOY_DATASETS = ("8gaussians", "25gaussians", "rings")
-METHODS = ("dual", "coop", "shortrun")
-TOY_ITERS = 1000
-DIGITS_ITERS = 300
+from .config import METHODS
+from .data import TOY_DATASETS
+
+#: The data sets of the sweep (a selection of data.TOY_DATASETS, plus digits) and each one's first
+#: budget in iterations; a budget doubles while the learning curve is not flat.
+FIRST_BUDGET = {"8gaussians": 2000, "25gaussians": 2000, "rings": 2000, "2spirals": 2000, "checkerboard": 2000,
+                "pinwheel": 2000, "digits": 1000}
+SWEEP_DATASETS = tuple(FIRST_BUDGET)
+assert all(d in TOY_DATASETS for d in SWEEP_DATASETS if d != "digits")
+MAX_DOUBLINGS = 2        # at most 4x the first budget
 SEEDS = (0, 1, 2)
+FLAT_SHARE = 0.2         # the last 20 % of training ...
+FLAT_TOLERANCE = 0.10    # ... improves the curve metric by at most 10 % of its value there (or by
+FLAT_ABSOLUTE = {"grid_kl": 0.02, "frechet_generator": 1.0}  # less than these absolute amounts)
 
 # (metrics.json key, column title, decimals); lower is better except modes covered.
 TOY_COLUMNS = (("grid_kl", "grid KL (EBM)", 3), ("mmd2_ebm", "MMD² (EBM chain)", 4),
-               ("mmd2_generator", "MMD² (generator)", 4), ("modes_covered_ebm", "modes (EBM chain)", 1))
+               ("mmd2_generator", "MMD² (generator)", 4), ("modes_covered_ebm", "modes (EBM chain)", 1),
+               ("realistic_ratio_ebm", "realistic (EBM chain)", 2))
 DIGITS_COLUMNS = (("frechet_ebm", "Fréchet (EBM chain)", 1), ("frechet_generator", "Fréchet (generator)", 1),
                   ("recon_mse", "recon MSE", 4))
+FIGURES = "figures"  # beside the report
+
+
+def curve_key(dataset: str) -> str:
+    """The metric whose learning curve decides convergence."""
+    return "frechet_generator" if dataset == "digits" else "grid_kl"
 
 
 @dataclass(frozen=True)
 class Cell:
-    config: str
+    """One run of the sweep: a data set, a method and a seed."""
+
     dataset: str
     method: str
     seed: int
-    iters: int
+
+    @property
+    def config(self) -> str:
+        return "digits" if self.dataset == "digits" else "toy2d"
 
     @property
     def name(self) -> str:
         return f"{self.config}-{self.dataset}-{self.method}-s{self.seed}"
 
-    def argv(self, out_root: str) -> list[str]:
-        """Arguments of ``langevin-train`` for this cell."""
-        args = ["--config", self.config, "--method", self.method, "--iters", str(self.iters),
-                "--seed", str(self.seed), "--eval-every", str(self.iters), "--out", os.path.join(out_root, self.name)]
+    @property
+    def first_budget(self) -> int:
+        return FIRST_BUDGET[self.dataset]
+
+    def argv(self, out_root: str, iters: int) -> list[str]:
+        """Arguments of ``langevin-train`` for this cell at a budget of ``iters``."""
+        args = ["--config", self.config, "--method", self.method, "--iters", str(iters), "--seed", str(self.seed),
+                "--eval-every", str(max(1, self.first_budget // 10)), "--ckpt-every", str(self.first_budget // 10),
+                "--out", os.path.join(out_root, self.name)]
         if self.config == "toy2d":
             args[2:2] = ["--dataset", self.dataset]
         return args
 
 
-def cells(toy_iters: int, digits_iters: int, seeds) -> list[Cell]:
-    toys = [Cell("toy2d", d, m, s, toy_iters) for d, m, s in itertools.product(TOY_DATASETS, METHODS, seeds)]
-    digits = [Cell("digits", "digits", m, s, digits_iters) for m, s in itertools.product(METHODS, seeds)]
-    return toys + digits
+def cells(datasets=SWEEP_DATASETS, methods=METHODS, seeds=SEEDS) -> list[Cell]:
+    return [Cell(d, m, s) for d, m, s in itertools.product(datasets, methods, seeds)]
+
+
+def history(cell: Cell, out_root: str) -> list[dict]:
+    """The cell's evaluations so far (metrics.json), [] when it has none."""
+    try:
+        with open(os.path.join(out_root, cell.name, "metrics.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def is_flat(curve: list[tuple[int, float]], key: str) -> bool:
+    """True when the metric improved by at most FLAT_TOLERANCE (relative) or FLAT_ABSOLUTE[key] over
+    the last FLAT_SHARE of the iterations: from the evaluation at or before 80 % of the final
+    iteration to the final one. A metric that rose counts as flat (more budget would not help)."""
+    if len(curve) < 2:
+        return False
+    end_iter, end = curve[-1]
+    start = [v for i, v in curve if i <= (1 - FLAT_SHARE) * end_iter]
+    if not start or not all(math.isfinite(v) for v in (start[-1], end)):
+        return False
+    gain = start[-1] - end
+    return gain <= max(FLAT_TOLERANCE * abs(start[-1]), FLAT_ABSOLUTE.get(key, 0.0))
+
+
+def status(cell: Cell, out_root: str) -> tuple[str, int]:
+    """("done", budget) when the run finished at a budget where its curve is flat or the largest
+    budget; otherwise ("run", the budget to train to)."""
+    budget, largest = cell.first_budget, cell.first_budget * 2 ** MAX_DOUBLINGS
+    hist = history(cell, out_root)
+    if not hist:
+        return "run", budget
+    last = int(hist[-1].get("iteration", 0))
+    while budget < last:
+        budget *= 2
+    if last < budget:
+        return "run", budget  # an interrupted run: finish its budget
+    key = curve_key(cell.dataset)
+    curve = [(int(e["iteration"]), float(e[key])) for e in hist if isinstance(e.get(key), (int, float))]
+    if is_flat(curve, key) or budget >= largest:
+        return "done", budget
+    return "run", budget * 2
 
 
 def final_metrics(cell: Cell, out_root: str) -> dict | None:
-    """The cell's last evaluation if the run reached its final iteration, else None."""
-    path = os.path.join(out_root, cell.name, "metrics.json")
+    """The cell's last evaluation when the cell is done, else None."""
+    state, _ = status(cell, out_root)
+    return history(cell, out_root)[-1] if state == "done" else None
+
+
+def _sweep_file(cell: Cell, out_root: str) -> str:
+    """<out>/<run>.sweep.json: outside the run directory, which holds only what langevin-train writes."""
+    return os.path.join(out_root, f"{cell.name}.sweep.json")
+
+
+def wall_seconds(cell: Cell, out_root: str) -> float | None:
     try:
-        with open(path) as f:
-            history = json.load(f)
-    except (OSError, ValueError):
+        with open(_sweep_file(cell, out_root)) as f:
+            return float(json.load(f)["wall_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return history[-1] if history and history[-1].get("iteration") == cell.iters else None
 
 
-def run_cell(cell: Cell, out_root: str) -> tuple[Cell, float, int]:
-    """Run (or resume) one cell in a subprocess with one thread; returns (cell, seconds, exit status)."""
-    if final_metrics(cell, out_root) is not None:
-        return cell, 0.0, 0
-    cmd = [sys.executable, "-m", "langevin_kernels.train", *cell.argv(out_root), "--threads", "1",
-           "--no-progress", "--resume"]
-    start = time.time()
-    os.makedirs(os.path.join(out_root, cell.name), exist_ok=True)
-    with open(os.path.join(out_root, cell.name, "log.txt"), "a") as log:
-        status = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    return cell, time.time() - start, status
+def run_cell(cell: Cell, out_root: str) -> tuple[Cell, int]:
+    """Train the cell until it is done (doubling its budget while the curve falls); returns
+    (cell, exit status of the last process). Wall time accumulates in <out>/<run>.sweep.json."""
+    folder = os.path.join(out_root, cell.name)
+    os.makedirs(out_root, exist_ok=True)
+    code = 0
+    while True:
+        state, budget = status(cell, out_root)
+        if state == "done":
+            return cell, 0
+        if os.path.exists(os.path.join(folder, "checkpoint.pt")):
+            resume = ["--resume"]
+        else:  # a run killed before its first checkpoint starts over
+            resume = ["--overwrite"] if os.path.isdir(folder) and os.listdir(folder) else []
+        cmd = [sys.executable, "-m", "langevin_kernels.train", *cell.argv(out_root, budget), "--threads", "1",
+               "--no-progress", *resume]
+        start = time.time()
+        with open(os.path.join(out_root, f"{cell.name}.log"), "a") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        total = (wall_seconds(cell, out_root) or 0.0) + time.time() - start
+        with open(_sweep_file(cell, out_root), "w") as f:
+            json.dump({"wall_seconds": round(total, 1), "budget": budget, "exit_status": code}, f)
+        if code != 0:
+            return cell, code
 
 
 def _fmt(values: list[float], decimals: int) -> str:
@@ -92,73 +187,134 @@ def _fmt(values: list[float], decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def table(rows: list[tuple[str, str, list[Cell]]], columns, out_root: str) -> list[str]:
-    """Markdown rows: one per (dataset, method), mean ± std over its seeds' final metrics."""
-    lines = ["| data | method | seeds | " + " | ".join(c[1] for c in columns) + " |",
-             "|---|---|---|" + "---|" * len(columns)]
-    for dataset, method, group in rows:
-        finals = [m for m in (final_metrics(c, out_root) for c in group) if m is not None]
-        cols = []
-        for key, _title, decimals in columns:
-            vals = [float(m[key]) for m in finals if m.get(key) is not None]
-            cols.append(_fmt(vals, decimals))
-        lines.append(f"| {dataset} | {method} | {len(finals)} | " + " | ".join(cols) + " |")
+def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_root: str) -> list[str]:
+    """Markdown rows of one data set: one per method, mean ± std over its finished seeds."""
+    lines = ["| method | seeds done | budget (iters) | " + " | ".join(c[1] for c in columns)
+             + " | wall time per run |", "|---|---|---|" + "---|" * (len(columns) + 1)]
+    for (d, method), group in groups.items():
+        if d != dataset:
+            continue
+        done = [c for c in group if final_metrics(c, out_root) is not None]
+        finals = [final_metrics(c, out_root) for c in done]
+        budgets = sorted({status(c, out_root)[1] for c in done})
+        cols = [_fmt([float(m[key]) for m in finals if isinstance(m.get(key), (int, float))], dec)
+                for key, _title, dec in columns]
+        walls = [w for w in (wall_seconds(c, out_root) for c in done) if w is not None]
+        wall = f"{statistics.fmean(walls) / 60:.1f} min" if walls else "n/a"
+        lines.append(f"| {method} | {len(done)}/{len(group)} | {', '.join(map(str, budgets)) or 'n/a'} | "
+                     + " | ".join(cols) + f" | {wall} |")
     return lines
 
 
-def write_report(all_cells: list[Cell], out_root: str, path: str, wall: dict[str, float]) -> None:
-    groups: dict[tuple[str, str, str], list[Cell]] = {}
+def plot_curves(dataset: str, groups: dict[tuple[str, str], list[Cell]], out_root: str, path: str) -> bool:
+    """One figure per data set: the curve metric against iteration, every method on one axes
+    (each seed a thin line, the seed mean where seeds share iterations a thick one)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = curve_key(dataset)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for i, ((d, method), group) in enumerate(groups.items()):
+        if d != dataset:
+            continue
+        color = f"C{i % 10}"
+        curves = []
+        for cell in group:
+            pts = [(e["iteration"], e[key]) for e in history(cell, out_root)
+                   if isinstance(e.get(key), (int, float)) and math.isfinite(e[key]) and e[key] > 0]
+            if pts:
+                ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.5)
+                curves.append(dict(pts))
+        if curves:
+            shared = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(shared, [statistics.fmean(c[i] for c in curves) for i in shared], color=color, lw=2,
+                    label=f"{method} ({len(curves)} seeds)")
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel({"grid_kl": "grid KL(data || exp(-E/T))", "frechet_generator": "Fréchet (generator)"}[key])
+    ax.set_title(f"{dataset}: learning curves")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(all_cells: list[Cell], out_root: str, path: str) -> None:
+    """RESULTS.md with its figures (in FIGURES beside it); a person's '## Reading' section is kept."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
     for c in all_cells:
-        groups.setdefault((c.config, c.dataset, c.method), []).append(c)
-    toy_rows = [(d, m, g) for (cfg, d, m), g in groups.items() if cfg == "toy2d"]
-    digit_rows = [(d, m, g) for (cfg, d, m), g in groups.items() if cfg == "digits"]
+        groups.setdefault((c.dataset, c.method), []).append(c)
+    figures = os.path.join(os.path.dirname(os.path.abspath(path)), FIGURES)
+    os.makedirs(figures, exist_ok=True)
     seeds = sorted({c.seed for c in all_cells})
-    toy_iters = next((c.iters for c in all_cells if c.config == "toy2d"), 0)
-    digit_iters = next((c.iters for c in all_cells if c.config == "digits"), 0)
     lines = [
-        "# Results: dual-MCMC teaching vs cooperative learning vs short-run EBM",
+        "# Results: dual-MCMC teaching vs its baselines",
         "",
-        "Generated by `python -m langevin_kernels.train.results` (train/results.py); each cell is the",
-        f"final evaluation of one `langevin-train` run, mean ± std over seeds {seeds}. Every method uses",
-        "the same preset (network sizes, chain lengths, learning rates) and the same iteration budget;",
-        "CPU, one thread per run. Lower is better except modes covered.",
+        "Generated by `python -m langevin_kernels.train.results` (train/results.py). Each row is the final",
+        f"evaluation of `langevin-train` runs, mean ± std over the seeds done (of {seeds}); every method",
+        "uses the same preset (network sizes, chain lengths, learning rates); CPU, one thread per run.",
+        "Budgets come from learning curves: a run that still improved its curve metric (grid KL; digits:",
+        f"generator Fréchet) by more than {FLAT_TOLERANCE:.0%} over its last {FLAT_SHARE:.0%} was resumed to "
+        f"twice its budget, at most {2 ** MAX_DOUBLINGS}x the",
+        "first; *budget* lists the final budgets of a row's runs. *Wall time* is per run (training and",
+        "evaluations, on the shared 2-core machine: other work ran beside it). Lower is better except",
+        "modes and realistic ratio. Rows with fewer seeds done than planned are partial; `n/a`: not run.",
         "",
-        "Metrics ([docs/metrics.md](../docs/metrics.md)): *grid KL* is KL(data ‖ model) of exp(-E/T) normalised on a",
-        "200×200 grid; *MMD²* is the unbiased squared MMD between 5000 model samples and 5000 data samples",
-        "(EBM chain: the method's own evaluation chain on the EBM; generator: ancestral samples);",
-        "*modes* counts mixture components (of 8, 25, or 5 rings) that receive at least 10% of a uniform",
-        "share of the samples lying within 3 std of them.",
-        "*Fréchet* is the Fréchet distance of a digits classifier's features (trained on the training",
-        "split) between 1438 model samples and the training data; *recon MSE* is the per-pixel MSE of",
-        "test digits reconstructed through the encoder (and latent chain), methods with an encoder only.",
+        "Metrics ([docs/metrics.md](../docs/metrics.md)): *grid KL* is KL(data ‖ model) of exp(-E/T)",
+        "normalised on a 200×200 grid; *MMD²* the unbiased squared MMD between model and data samples",
+        "(EBM chain: the method's evaluation chain; generator: ancestral samples); *modes* the mixture",
+        "components covered; *realistic* the share of EBM-chain samples within 3 std of a component.",
+        "*Fréchet* is the Fréchet distance of a digits classifier's features between model samples and",
+        "the training data; *recon MSE* the per-pixel error of test digits through the encoder.",
         "",
-        f"## 2-D toys ({toy_iters} iterations, batch 256)",
-        "",
-        *table(toy_rows, TOY_COLUMNS, out_root),
-        "",
-        f"## Digits (scikit-learn 8×8, {digit_iters} iterations, batch 100)",
-        "",
-        *table(digit_rows, DIGITS_COLUMNS, out_root),
-        "",
-        "## Commands",
-        "",
-        "Each row's runs (`{seed}` over the seeds above); the sweep adds `--threads 1 --no-progress --resume`:",
-        "",
-        "```bash",
     ]
-    for (cfg, d, m), g in groups.items():
-        argv = g[0].argv("runs/results")
+    for dataset in dict.fromkeys(c.dataset for c in all_cells):
+        columns = DIGITS_COLUMNS if dataset == "digits" else TOY_COLUMNS
+        lines += [f"## {dataset}", "", *table(groups, dataset, columns, out_root), ""]
+        curve = os.path.join(figures, f"{dataset}_curves.png")
+        if plot_curves(dataset, groups, out_root, curve):
+            lines += [f"![{dataset} learning curves]({FIGURES}/{dataset}_curves.png)", ""]
+        if dataset == "digits":
+            lines += _digits_grids(groups, out_root, figures)
+    lines += ["## Commands", "",
+              "One run (the sweep adds `--threads 1 --no-progress --resume` and raises `--iters` while the "
+              "curve falls):", "", "```bash"]
+    for (dataset, method), group in groups.items():
+        argv = group[0].argv("runs/results", group[0].first_budget)
         argv[argv.index("--seed") + 1] = "{seed}"
         out = argv.index("--out") + 1
-        argv[out] = argv[out].replace(f"-s{g[0].seed}", "-s{seed}")
+        argv[out] = argv[out].replace(f"-s{group[0].seed}", "-s{seed}")
         lines.append("langevin-train " + " ".join(argv))
     lines += ["```", ""]
-    if wall:
-        lines += [f"Run time of this sweep: {sum(wall.values()) / 60:.1f} minutes summed over cells (each cell's wall "
-                  f"time; slowest {max(wall, key=wall.get)}: {max(wall.values()):.0f} s).", ""]
     reading = _kept_reading(path)
     with open(path, "w") as f:
         f.write("\n".join(lines) + (("\n" + reading) if reading else ""))
+
+
+def _digits_grids(groups, out_root: str, figures: str) -> list[str]:
+    """Copy each digits method's final sample grid (its lowest finished seed) next to the report."""
+    lines = []
+    for (dataset, method), group in groups.items():
+        done = [c for c in group if dataset == "digits" and final_metrics(c, out_root) is not None]
+        if not done:
+            continue
+        cell = min(done, key=lambda c: c.seed)
+        source = os.path.join(out_root, cell.name, "samples.png")
+        if os.path.exists(source):
+            shutil.copyfile(source, os.path.join(figures, f"digits_samples_{method}.png"))
+            lines += [f"![digits samples, {method}, seed {cell.seed}]({FIGURES}/digits_samples_{method}.png)", ""]
+    return lines
+
+
+READING_HEADER = "## Reading"
 
 
 def _kept_reading(path: str) -> str:
@@ -175,35 +331,38 @@ def _kept_reading(path: str) -> str:
     return text[at:] if at >= 0 else ""
 
 
-READING_HEADER = "## Reading"
+def _names(kind: str, allowed):
+    def parse(text: str) -> list[str]:
+        values = [v for v in text.split(",") if v]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"--{kind} {text!r}: unknown {bad}; allowed: {', '.join(allowed)}")
+        return values
+    return parse
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m langevin_kernels.train.results", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/results", help="root of the runs (one folder per cell)")
+    p.add_argument("--out", default="runs/results", help="root of the runs (one folder per run)")
     p.add_argument("--report", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
-    p.add_argument("--workers", type=int, default=2, help="cells run in parallel (one thread each)")
-    p.add_argument("--toy-iters", type=int, default=TOY_ITERS)
-    p.add_argument("--digits-iters", type=int, default=DIGITS_ITERS)
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (one thread each)")
+    p.add_argument("--datasets", type=_names("datasets", SWEEP_DATASETS), default=list(SWEEP_DATASETS),
+                   help=f"comma-separated (default: all of {', '.join(SWEEP_DATASETS)})")
+    p.add_argument("--methods", type=_names("methods", METHODS), default=list(METHODS),
+                   help=f"comma-separated (default: all of {', '.join(METHODS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    p.add_argument("--only", choices=("toy2d", "digits"), default=None, help="run one half of the grid")
     p.add_argument("--table-only", action="store_true", help="aggregate existing runs, run nothing")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
-    all_cells = cells(args.toy_iters, args.digits_iters, args.seeds)
-    todo = [c for c in all_cells if args.only in (None, c.config)]
-    wall: dict[str, float] = {}
+    todo = cells(args.datasets, args.methods, args.seeds)
     if not args.table_only:
-        from tqdm import tqdm
-        with ThreadPoolExecutor(args.workers) as pool, tqdm(total=len(todo), desc="cells") as bar:
-            for cell, seconds, status in pool.map(lambda c: run_cell(c, args.out), todo):
-                bar.update(1)
-                if seconds:
-                    wall[cell.name] = seconds
-                if status != 0:
-                    tqdm.write(f"{cell.name}: exit status {status}, see {args.out}/{cell.name}/log.txt")
-    write_report(all_cells, args.out, args.report, wall)
+        with ThreadPoolExecutor(args.workers) as pool:
+            for cell, code in pool.map(lambda c: run_cell(c, args.out), todo):
+                state, budget = status(cell, args.out)
+                print(f"{cell.name}: {state} at {budget} iterations" + (f", exit status {code}, see "
+                      f"{args.out}/{cell.name}.log" if code else ""), flush=True)
+    write_report(cells(seeds=sorted(set(SEEDS) | set(args.seeds))), args.out, args.report)
     print(f"wrote {args.report}")
     return 0
 

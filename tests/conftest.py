@@ -1,6 +1,7 @@
 """Shared test setup: CPU-friendly defaults and clean skipping of GPU tests."""
 import pytest
 import torch
+
 from backends import Backend, backend_params
 
 HAS_CUDA = torch.cuda.is_available()

@@ -1,20 +1,10 @@
 """Model shapes, output ranges and the constraints each model documents."""
 import pytest
 import torch
-from langevin_kernels.models import (
-    LOGVAR_RANGE,
-    ConvEncoder,
-    DigitsEncoder,
-    DigitsEnergy,
-    DigitsGenerator,
-    EncoderMLP,
-    EnergyMLP,
-    GeneratorMLP,
-    ResNetEnergy,
-    SNGANGenerator,
-    gaussian_nll,
-    reparameterize,
-)
+
+from langevin_kernels.models import (LOGVAR_RANGE, ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator,
+                                     EncoderMLP, EnergyMLP, GeneratorMLP, ResNetEnergy, SNGANGenerator,
+                                     gaussian_nll, reparameterize)
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,11 @@ and with an independent rendering of the spec, and its statistics."""
 import numpy as np
 import pytest
 import torch
-from backends import per_device
-from philox_spec import KNOWN_ANSWERS, normal_stream
 
 import langevin_kernels as lk
+from backends import per_device
 from langevin_kernels import dispatch, reference
+from philox_spec import KNOWN_ANSWERS, normal_stream
 
 # Offsets chosen so that the 64-bit counter's low word wraps inside the draw; seeds with the
 # high bit set; "last" is the largest offset whose draw still fits below 2^64.

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from backends import backend_params, per_device, runs_dtype
 
 import langevin_kernels as lk
+from backends import backend_params, per_device, runs_dtype
 from langevin_kernels import dispatch
 
 torch.manual_seed(0)

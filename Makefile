@@ -1,10 +1,10 @@
 # Two commands on a fresh machine with python3 and pip:
 #   make demo   venv, build, run the main job on the embedded default data
-#   make test   venv, build, run the test suite (what .ci/run calls)
+#   make test   venv, build, run the test suite (.ci/run calls it, then `make lint`)
 #
 # TORCH_SPEC pins the CPU wheel these machines carry on local disk; on a GPU
 # machine with torch already installed use `make test VENV_FLAGS=--system-site-packages`
-# or install with pip directly (README, "Building").
+# or install with pip directly (docs/building.md).
 PYTHON      ?= python3
 VENV        ?= .venv
 VENV_FLAGS  ?=
@@ -14,26 +14,31 @@ PY          := $(VENV)/bin/python
 DEPS_STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench clean
+.PHONY: all build test lint demo bench clean
 
 all: test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
-# Dependencies are installed once per venv (re-run after editing this list: rm the stamp).
-$(DEPS_STAMP): | $(PY)
+# What the build compiles against, installed once per venv (and again when this file changes).
+$(DEPS_STAMP): Makefile | $(PY)
 	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy pybind11 ninja \
-	    pytest pytest-benchmark pytest-timeout hypothesis tqdm matplotlib scikit-learn arviz
+	$(PY) -m pip install "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy pybind11 ninja
 	touch $(DEPS_STAMP)
 
 # --no-build-isolation: compile against the torch installed above (docs/building.md).
+# The extras come from pyproject.toml: train (matplotlib, scikit-learn, tqdm: the training
+# layer, so `make demo` needs it) and test (pytest, hypothesis, arviz, ruff, ...).
 build: $(DEPS_STAMP)
-	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	$(PY) -m pip install --no-build-isolation -e ".[train,test]"
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff with the rule set of pyproject.toml ([tool.ruff]); ruff comes with the test extra.
+lint: build
+	$(PY) -m ruff check .
 
 demo: build
 	$(PY) -m langevin_kernels.train.demo --out runs/demo

@@ -15,7 +15,7 @@ from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_nor
 from .replay import ReplayBuffer
 from .schedules import Constant, CosineDecay, ExponentialDecay, Linear, Schedule
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version string: pyproject.toml reads it ([tool.setuptools.dynamic])
 
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend",

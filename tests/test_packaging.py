@@ -1,11 +1,23 @@
-"""The training layer's optional dependencies (matplotlib, scikit-learn, tqdm): a missing one
-gives an ImportError that names the package, what needs it and the `train` extra."""
+"""Packaging: one version string, and the training layer's optional dependencies (matplotlib,
+scikit-learn, tqdm), where a missing one gives an ImportError that names the package, what
+needs it and the `train` extra."""
+import importlib.metadata
 import json
 import sys
 
 import pytest
 
+import langevin_kernels as lk
 from langevin_kernels._optional import require
+
+
+def test_installed_version_is_the_package_version():
+    # pyproject.toml's version is dynamic, read from langevin_kernels.__version__ at build time.
+    try:
+        installed = importlib.metadata.version("langevin-kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("langevin-kernels is not installed (running from a plain checkout)")
+    assert installed == lk.__version__
 
 
 def test_installed_module_is_returned():

@@ -2,6 +2,8 @@
 scikit-learn, tqdm), where a missing one gives an ImportError that names the package, what
 needs it and the `train` extra."""
 import importlib.metadata
+import os
+import re
 import json
 import sys
 
@@ -45,3 +47,30 @@ def test_broken_dependency_shows_its_own_error(monkeypatch, tmp_path):
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_it") as info:
         require("half_installed_pkg", "the figures")
     assert "[train]" not in str(info.value)
+
+
+def _layout_table():
+    """The README's layout table: (first-column paths, whole table text)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    table = text.split("## Layout", 1)[1].split("\n\n", 2)[1]
+    paths = []
+    for row in table.splitlines()[2:]:
+        first = re.findall(r"`([^`]+)`", row.split("|")[1])
+        base = os.path.dirname(first[0].rstrip("/")) if "/" in first[0].rstrip("/") else ""
+        # `langevin_kernels/replay.py`, `schedules.py`: a bare name sits beside the first path
+        paths += [p if ("/" in p or not base) else f"{base}/{p}" for p in first]
+    return root, paths, table
+
+
+def test_readme_layout_table_matches_the_tree():
+    root, paths, table = _layout_table()
+    missing = [p for p in paths if not os.path.exists(os.path.join(root, p))]
+    assert not missing, f"README layout names paths that do not exist: {missing}"
+    # Every module of the package and of the training layer is named somewhere in the table.
+    modules = [f"langevin_kernels/{name}" for name in os.listdir(os.path.join(root, "langevin_kernels"))
+               if name.endswith(".py") and name != "__init__.py"]
+    modules += [f"train/{name}" for name in os.listdir(os.path.join(root, "train"))
+                if name.endswith(".py") and name not in ("__init__.py", "__main__.py")]
+    unnamed = [m for m in modules if f"`{os.path.basename(m)}`" not in table and f"`{m}`" not in table]
+    assert not unnamed, f"modules missing from the README layout table: {unnamed}"

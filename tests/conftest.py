@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from backends import Backend, backend_params
+from backends import CPU_BACKENDS, Backend, backend_params
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -24,10 +24,11 @@ def _fresh_backend_choice():
     lk.set_backend(previous)
 
 
-@pytest.fixture(params=["cpp", "triton", "eager"])
+@pytest.fixture(params=[b.name for b in CPU_BACKENDS])
 def cpu_backend(request):
-    """Each backend that can run CPU tensors here (triton only under TRITON_INTERPRET=1;
-    tests/test_triton_interpreter.py reruns the triton cases that way)."""
+    """Each backend that can run CPU tensors here, by name (triton only under TRITON_INTERPRET=1;
+    tests/test_triton_interpreter.py reruns the triton cases that way). For the CPU-only tests
+    (chains, properties); a contract that holds on every device takes `backend` instead."""
     from langevin_kernels.dispatch import unavailable_reason
     reason = unavailable_reason(request.param, "cpu")
     if reason:

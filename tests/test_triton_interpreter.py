@@ -43,6 +43,7 @@ def _passed_ids(junit_path):
     return passed, other
 
 
+@pytest.mark.slow  # ~80 s on two loaded cores: ~150 cases at ~50 ms per interpreted kernel call
 @pytest.mark.interpreter
 def test_triton_cases_pass_under_the_interpreter(tmp_path):
     pytest.importorskip("triton")

@@ -10,9 +10,10 @@ is the package's Philox stream, drawn outside the graph by one ``philox_normal``
 NOISE_DRAW_NUMBERS normals (a short run's whole noise; exactly the normals the uncompiled chain
 draws, step by step), so compiled and uncompiled runs agree to float rounding. A run's only
 Python work is per block (a warm block is called without torch._dynamo.config.patch, which
-costs more than a small block's kernel), so per-step cost falls with the block length. Offsets, step sizes and noise are tensors, so neither a new offset, a
-schedule, nor an optimizer step on the energy's parameters recompiles; a new state shape,
-dtype or block length does (once each).
+costs more than a small block's kernel), so per-step cost falls with the block length.
+Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, nor an
+optimizer step on the energy's parameters recompiles; a new state shape, dtype or block
+length does (once each).
 """
 from __future__ import annotations
 

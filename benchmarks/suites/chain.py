@@ -24,6 +24,8 @@ Variants (every one runs the same chain from the same starts):
                          default backend only;
   lk[B] compile lean     the same with track_stats=False, on_nonfinite="ignore" (the per-step
                          records cost the compiled wrapper two tensor views per step);
+  lk[B] compile lean b50 the same with compile_block=50 (small states only: per-step cost is
+                         then the block call's fixed host cost / block length);
   lk[B] graph            capture_graph=True (CUDA);  lk[B] compile+graph  both (CUDA);
   torchebm               torchebm's LangevinDynamics (optional);
   jax                    jax.jit of a lax.scan over the K steps, noise from jax.random (optional;
@@ -52,6 +54,9 @@ NET_STEP_SIZE, NET_NOISE_SCALE = 0.005, 0.1
 # Double-well chains (issue 12): plain Langevin with a = 0.01 and s = sqrt(2a) samples exp(-E).
 DW_STEP_SIZE, DW_NOISE_SCALE = 0.01, math.sqrt(0.02)
 CASES_WITH_COMPILE_IN_QUICK = ("dw-small", "dw-large", "mlp")
+# States this small are host-bound when compiled (a block call's fixed cost exceeds its kernel):
+# they also run with LONG_BLOCK-step blocks.
+SMALL_STATE_NUMEL, LONG_BLOCK = 1 << 12, 50
 
 
 @dataclass
@@ -315,8 +320,11 @@ def build_variants(case: ChainCase, device, *, with_compile: bool) -> list[Varia
             variants.append(Variant(f"lk[{backend}] compile", unavailable=QUICK_COMPILE_SKIP))
             continue
         variants.append(ours(backend, "compile", {"compile": True}, compiled=True))
-        variants.append(ours(backend, "compile lean", {"compile": True, "track_stats": False,
-                                                       "on_nonfinite": "ignore"}, compiled=True))
+        lean_compile = {"compile": True, "track_stats": False, "on_nonfinite": "ignore"}
+        variants.append(ours(backend, "compile lean", lean_compile, compiled=True))
+        if case.x0s[0].numel() <= SMALL_STATE_NUMEL:   # host-bound: longer blocks pay (see NOTES.md, 5)
+            variants.append(ours(backend, f"compile lean b{LONG_BLOCK}", {**lean_compile, "compile_block": LONG_BLOCK},
+                                 compiled=True))
         if on_cuda:
             variants.append(ours(backend, "compile+graph", {"compile": True, "capture_graph": True}, compiled=True))
     if not backends:

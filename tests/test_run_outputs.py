@@ -101,7 +101,7 @@ def test_digits_panels_are_titled_and_labelled(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
     cfg = preset("digits", method="dual", iters=1, batch_size=16, n_eval=64, x_steps=2, z_steps=2)
     Trainer(cfg, str(tmp_path), progress=False).train()
-    fig = figures[-1]
+    fig = next(f for f in figures if f._suptitle and "iteration" in f._suptitle.get_text())  # not the learning curve
     titles = [ax.get_title() for ax in fig.axes]
     assert [t.split("\n")[0] for t in titles] == [SAMPLE_TITLES[k] for k in ("generator", "ebm", "reconstruction")]
     assert "Frechet distance" in titles[0] and "MSE per pixel" in titles[2]

@@ -208,6 +208,46 @@ class Evaluator:
         plt.close(fig)
 
 
+#: What a learning curve shows, per config: (metrics.json key, label) pairs, one axes per pair list.
+CURVE_PANELS = {
+    "toy2d": ([("grid_kl", "grid KL(data || exp(-E/T))")],
+              [("mmd2_ebm", "EBM chain"), ("mmd2_generator", "generator")]),
+    "digits": ([("frechet_ebm", "EBM chain"), ("frechet_generator", "generator")],),
+}
+CURVE_YLABELS = {"grid_kl": "grid KL", "mmd2_ebm": "MMD^2", "frechet_ebm": "Frechet distance"}
+
+
+def plot_learning_curve(history: list[dict], config: str, path: str, title: str = "") -> bool:
+    """learning_curve.png: each evaluation's metrics against iteration (toy2d: grid KL and MMD^2 on a
+    log scale; digits: Frechet distances). False (nothing written) for configs without a curve."""
+    panels = CURVE_PANELS.get(config)
+    if not panels or not history:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, series in zip(axes[0], panels):
+        for key, label in series:
+            points = [(e["iteration"], e[key]) for e in history
+                      if isinstance(e.get(key), (int, float)) and math.isfinite(e[key]) and e[key] > 0]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(CURVE_YLABELS.get(series[0][0], series[0][0]))
+        ax.grid(True, which="both", alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
 def evaluation_line(entry: dict, iters: int) -> str:
     """One line summarising an evaluation (printed at every evaluation, e.g. under --no-progress)."""
     skip = {"iteration", "losses", "eval_seconds"}

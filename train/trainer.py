@@ -17,7 +17,7 @@ from .checkpoints import (CHECKPOINT, CheckpointError, atomic_save, check_plain,
                           load_checkpoint, remove_stale_temps, write_json)
 from .config import TrainConfig
 from .distributed import max_over_ranks
-from .evaluation import Evaluator, evaluation_line
+from .evaluation import Evaluator, evaluation_line, plot_learning_curve
 from .methods import Diverged, build_method
 from .outputs import LOSSES_CSV, LossLog, run_provenance
 from .sources import make_source
@@ -128,6 +128,8 @@ class Trainer:
         entry["losses"] = self.last_losses
         self.history.append(entry)
         write_json(self.history, os.path.join(self.out_dir, "metrics.json"))
+        plot_learning_curve(self.history, self.cfg.config, os.path.join(self.out_dir, "learning_curve.png"),
+                            f"learning curve: {self.cfg.dataset}, method {self.cfg.method}")
         self._say(evaluation_line(entry, self.cfg.iters))
         return entry
 

@@ -183,8 +183,9 @@ def _fmt(values: list[float], decimals: int) -> str:
     if not values:
         return "n/a"
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    if len(values) == 1:  # one seed: no spread to report
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
 
 
 def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_root: str) -> list[str]:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # benchmarks/ lives at the top of the checkout
 
 from benchmarks import run as bench_run  # noqa: E402
-from benchmarks.suites import chain, common, peers, step, train  # noqa: E402
+from benchmarks.suites import chain, common, peers, train  # noqa: E402
 
 CPU = torch.device("cpu")
 # Reasons a variant may legitimately not run on a CPU-only CI machine.

@@ -1,6 +1,4 @@
 """Embedded data: toy samplers agree with their densities; digits scaling; data-root errors."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -3,7 +3,6 @@ share one directory, and an unusable --out is a one-line error with exit status 
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 

@@ -288,7 +288,7 @@ def write_report(all_cells: list[Cell], out_root: str, path: str) -> None:
     lines += ["## Commands", "",
               "One run (the sweep adds `--threads 1 --no-progress --resume` and raises `--iters` while the "
               "curve falls):", "", "```bash"]
-    for (dataset, method), group in groups.items():
+    for group in groups.values():
         argv = group[0].argv("runs/results", group[0].first_budget)
         argv[argv.index("--seed") + 1] = "{seed}"
         out = argv.index("--out") + 1

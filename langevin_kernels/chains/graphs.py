@@ -53,7 +53,7 @@ class GraphCapture:
         with torch.cuda.graph(graph):
             out = self._loop(self._static_x0.clone(), 0, rng_state, return_trajectory, thin)
             if out[2] is not None:
-                out[2].table   # reduced inside the graph: every replay refreshes it
+                out[2].table   # noqa: B018  (a property: reduced inside the graph, so every replay refreshes it)
             rng_state[:, 1] += self.n_steps * advance
         self._graph, self._graph_key, self._static_out = graph, key, out
         self._rng_state = rng_state

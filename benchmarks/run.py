@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from langevin_kernels._optional import pyplot
+
 from .suites import common
 
 SUITES = ("step", "chain", "train")
@@ -82,9 +84,7 @@ def markdown_table(rows: list[common.Row], suite: str) -> str:
 
 def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
     """Step: GB/s vs size per variant and dtype. Chain/train: speedup vs the baseline per case."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the benchmark figures")
 
     timed = [r for r in rows if r.median_s]
     if suite == "step":

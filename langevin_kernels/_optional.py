@@ -28,3 +28,10 @@ def require(module: str, purpose: str) -> ModuleType:
         dist = DISTRIBUTIONS.get(top, top)
         raise ImportError(f"{purpose} needs {dist}, which is not installed; it is a dependency of the "
                           f"training layer: {INSTALL_HINT}") from err
+
+
+def pyplot(purpose: str) -> ModuleType:
+    """matplotlib.pyplot on the file-only Agg backend (training runs have no screen), through `require`."""
+    matplotlib = require("matplotlib", purpose)
+    matplotlib.use("Agg")
+    return require("matplotlib.pyplot", purpose)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import langevin_kernels as lk
-from langevin_kernels._optional import require
+from langevin_kernels._optional import pyplot, require
 
 
 def test_installed_version_is_the_package_version():
@@ -36,6 +36,13 @@ def test_missing_training_dependency_names_package_and_extra(monkeypatch, module
         monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match=rf"the figures needs {dist}, which is not installed.*\[train\]"):
         require(module, "the figures")
+
+
+def test_pyplot_is_file_only_and_names_the_extra_when_missing(monkeypatch):
+    assert pyplot("the figures").get_backend().lower() == "agg"   # no screen on a training machine
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"the curves needs matplotlib.*\[train\]"):
+        pyplot("the curves")
 
 
 def test_broken_dependency_shows_its_own_error(monkeypatch, tmp_path):

@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from langevin_kernels._optional import require
+
 TOY_DATASETS = ("8gaussians", "25gaussians", "rings", "2spirals", "checkerboard", "pinwheel",
                 "swissroll")
 IMAGE_DATASETS = ("cifar10", "celeba64", "svhn", "mnist", "imagefolder")
@@ -175,7 +177,7 @@ class DigitsData:
 
 def load_digits_split(test_fraction: float = 0.2, split_seed: int = 0) -> DigitsData:
     """The digits (pixel values 0..16 mapped to [-1, 1]), split with a fixed permutation."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "the digits data set").load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)

@@ -12,6 +12,8 @@ import os
 import numpy as np
 import torch
 
+from langevin_kernels._optional import pyplot
+
 from .config import TrainConfig
 from .data import load_digits_split, toy_dataset
 from .methods import Method
@@ -132,9 +134,7 @@ class Evaluator:
         return out
 
     def _plot_toy(self, energy, samples, temperature, iteration):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the evaluation figures")
 
         n = self.cfg.grid_n
         lo, hi = self.toy.bounds
@@ -154,9 +154,7 @@ class Evaluator:
         plt.close(fig)
 
     def _plot_digits(self, images, iteration, metrics=None):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the evaluation figures")
 
         metrics = metrics or {}
         fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4.8))
@@ -185,9 +183,7 @@ class Evaluator:
 
     def _plot_images(self, images, iteration):
         """One 8 x 8 grid per kind of sample (images in [-1, 1] shown in [0, 1])."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the evaluation figures")
 
         fig, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5.4))
         for ax, (kind, x) in zip(np.atleast_1d(axes), images.items()):
@@ -223,9 +219,7 @@ def plot_learning_curve(history: list[dict], config: str, path: str, title: str 
     panels = CURVE_PANELS.get(config)
     if not panels or not history:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the evaluation figures")
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, series in zip(axes[0], panels):

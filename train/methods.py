@@ -15,7 +15,7 @@ from torch import nn
 from langevin_kernels.chains import DataChain, LatentChain, NonFiniteChainError
 from langevin_kernels.losses import contrastive_divergence_loss
 
-from ..models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
+from langevin_kernels.models import (ConvEncoder, DigitsEncoder, DigitsEnergy, DigitsGenerator, EncoderMLP, EnergyMLP,
                       GeneratorMLP, ResNetEnergy, SNGANGenerator, gaussian_nll, reparameterize)
 from .config import TrainConfig
 from .distributed import gather_messages, is_distributed

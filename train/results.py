@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from langevin_kernels._optional import pyplot
+
 from .config import METHODS
 from .data import TOY_DATASETS
 
@@ -210,9 +212,7 @@ def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_
 def plot_curves(dataset: str, groups: dict[tuple[str, str], list[Cell]], out_root: str, path: str) -> bool:
     """One figure per data set: the curve metric against iteration, every method on one axes
     (each seed a thin line, the seed mean where seeds share iterations a thick one)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the RESULTS.md figures")
 
     key = curve_key(dataset)
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import torch
 
+from langevin_kernels._optional import require
+
 from .checkpoints import (CHECKPOINT, CheckpointError, atomic_save, check_plain, config_differences, fix_hint,
                           load_checkpoint, remove_stale_temps, write_json)
 from .config import TrainConfig
@@ -269,5 +271,5 @@ class _NoBar:
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bar").tqdm
     return tqdm(total=total, initial=initial, dynamic_ncols=True)

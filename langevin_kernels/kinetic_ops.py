@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from . import reference
-from .ops import _as_int64
+from .ops import _as_int64, philox_normal
 
 _NS = "langevin_kernels"
 
@@ -66,13 +66,20 @@ def _check(x, v, grad, step_size, friction, kick, noise, rng_state) -> None:
     _check_tensors(x, v, grad, noise, rng_state)
 
 
+def _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+    """The update with the noise of the selected backend's stream (bit-identical to langevin_step's xi)."""
+    if noise is None:
+        noise = philox_normal(x.numel(), seed=seed & ((1 << 64) - 1), offset=offset & ((1 << 64) - 1),
+                              device=x.device, rng_state=rng_state).reshape(x.shape)
+    return reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick, noise=noise)
+
+
 @torch.library.custom_op(f"{_NS}::kinetic_step", mutates_args=())
 def _kinetic_step_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_size: float, friction: float,
                      kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
                      rng_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
-    return reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick, seed=seed,
-                                  offset=offset, noise=noise, rng_state=rng_state)
+    return _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
 
 
 @_kinetic_step_op.register_fake
@@ -86,8 +93,7 @@ def _kinetic_step_inplace_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tenso
                              friction: float, kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
                              rng_state: Optional[torch.Tensor]) -> None:
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
-    x_new, v_new = reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick,
-                                          seed=seed, offset=offset, noise=noise, rng_state=rng_state)
+    x_new, v_new = _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
     x.copy_(x_new)
     v.copy_(v_new)
 

@@ -6,11 +6,12 @@
 
 See README.md and docs/ for the op contract and the noise stream.
 """
-from .chains import ChainStats, DataChain, LatentChain, NonFiniteChainError, sample
+from .chains import ChainStats, DataChain, KineticChain, LatentChain, NonFiniteChainError, sample
 from .diagnostics import (StreamingDiagnostics, acceptance_per_chain, chain_diagnostics, effective_sample_size,
                           split_rhat)
 from .losses import contrastive_divergence_loss
 from .dispatch import backends, get_backend, set_backend, use_backend
+from .kinetic_ops import kinetic_step, kinetic_step_
 from .ops import langevin_step, langevin_step_, noise_offset_advance, philox_normal
 from .replay import ReplayBuffer
 from .schedules import Constant, CosineDecay, ExponentialDecay, Linear, Schedule
@@ -20,6 +21,7 @@ __version__ = "0.1.0"  # the one version string: pyproject.toml reads it ([tool.
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend",
     "langevin_step", "langevin_step_", "noise_offset_advance", "philox_normal",
+    "kinetic_step", "kinetic_step_", "KineticChain",
     "DataChain", "LatentChain", "ChainStats", "NonFiniteChainError", "ReplayBuffer", "sample",
     "effective_sample_size", "split_rhat", "acceptance_per_chain", "chain_diagnostics", "StreamingDiagnostics",
     "contrastive_divergence_loss",

@@ -106,3 +106,25 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
     if clamp_lo is not None or clamp_hi is not None:
         y = torch.clamp(y, min=clamp_lo, max=clamp_hi)
     return y.to(x.dtype)
+
+
+def kinetic_step(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, *, step_size: float, friction: float,
+                 kick: float, seed: int = 0, offset: int = 0, noise: torch.Tensor | None = None,
+                 rng_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused kinetic-Langevin call, B(kick) A(h/2) O A(h/2), docs/samplers.md; returns (x, v).
+
+    v1 = v - kick * grad;  x1 = x + h/2 v1;  v2 = c1 v1 + c2 xi;  x2 = x1 + h/2 v2,
+    with c1 = exp(-friction h), c2 = sqrt(1 - c1^2) and xi the stream at (seed, offset) (docs/noise.md),
+    computed in float32 (float64 for float64 states)."""
+    math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if noise is None:
+        noise = philox_normal(x.numel(), seed=seed, offset=offset, device=x.device,
+                              dtype=torch.float32, rng_state=rng_state).reshape(x.shape)
+    c1 = math.exp(-friction * step_size)
+    c2 = math.sqrt(-math.expm1(-2.0 * friction * step_size))   # sqrt(1 - c1^2) without cancellation
+    xm, vm, gm, nm = (t.to(math_dtype) for t in (x, v, grad, noise))
+    v1 = vm - kick * gm
+    x1 = xm + (0.5 * step_size) * v1
+    v2 = c1 * v1 + c2 * nm
+    x2 = x1 + (0.5 * step_size) * v2
+    return x2.to(x.dtype), v2.to(v.dtype)

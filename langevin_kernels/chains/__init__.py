@@ -40,10 +40,11 @@ torch.compile: ``torch.compile(chain.step, fullgraph=True)`` compiles the energy
 gradient and one fused step into one graph; dynamo traces ``torch.autograd.grad`` only with
 ``torch._dynamo.config.trace_autograd_ops = True``.
 """
+from .kinetic import VELOCITY_SEED_XOR, KineticChain
 from .guard import ON_NONFINITE, NonFiniteChainError
 from .mala import ACCEPT_SEED_XOR, log_q_ratio
 from .samplers import REINIT_SEED_XOR, DataChain, LatentChain, sample
 from .stats import STAT_NAMES, ChainStats
 
 __all__ = ["ACCEPT_SEED_XOR", "REINIT_SEED_XOR", "ON_NONFINITE", "STAT_NAMES", "ChainStats", "DataChain",
-           "LatentChain", "NonFiniteChainError", "log_q_ratio", "sample"]
+           "KineticChain", "VELOCITY_SEED_XOR", "LatentChain", "NonFiniteChainError", "log_q_ratio", "sample"]

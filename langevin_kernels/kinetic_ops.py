@@ -1,0 +1,143 @@
+"""The kinetic (underdamped) Langevin op: one fused call per gradient evaluation.
+
+    x, v = lk.kinetic_step(x, v, grad, step_size=h, friction=gamma, kick=h, seed=0, offset=o)
+    lk.kinetic_step_(x, v, grad, step_size=h, friction=gamma, kick=h, seed=0, offset=o)   # in place
+
+One call applies B(kick) A(h/2) O(h) A(h/2) to (x, v) with unit mass (docs/samplers.md):
+
+    v1 = v - kick * grad            grad = dE/dx at the input x
+    x1 = x + h/2 * v1
+    v2 = c1 * v1 + c2 * xi          c1 = exp(-gamma h), c2 = sqrt(1 - c1^2)  (exact OU part)
+    x2 = x1 + h/2 * v2
+
+A BAOAB chain is the call sequence kick = h/2 (first step), then kick = h (the trailing half-kick
+of step k merged with the leading half-kick of step k+1); a final half-kick v -= h/2 grad(x_K)
+would only synchronise v, and x_K is exactly BAOAB's. xi is the noise stream of docs/noise.md at
+(seed, offset), ``noise_offset_advance(x.numel())`` counters per call, like ``langevin_step``.
+
+Both are ``torch.library`` custom ops (``torch.ops.langevin_kernels.kinetic_step[_]``) with fake
+kernels (torch.compile) and, for the out-of-place one, an autograd formula (the update is linear
+in x, v, grad and noise). Backend: the eager reference (reference.kinetic_step) on every device;
+the native CPU/CUDA/Triton kernels are not written yet.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import reference
+from .ops import _as_int64, philox_normal
+
+_NS = "langevin_kernels"
+
+
+def _check_coefficients(step_size: float, friction: float, kick: float) -> None:
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size={step_size} is not allowed: the kinetic step needs a finite step_size > 0")
+    if not (math.isfinite(friction) and friction > 0):
+        raise ValueError(f"friction={friction} is not allowed: the kinetic step needs a finite friction > 0 "
+                         "(friction 0 is Hamiltonian dynamics, which does not sample)")
+    if not (math.isfinite(kick) and kick >= 0):
+        raise ValueError(f"kick={kick} is not allowed: the kick (gradient coefficient) must be finite and >= 0")
+
+
+def _check_tensors(x, v, grad, noise, rng_state) -> None:
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x has dtype {x.dtype}; allowed: float16, bfloat16, float32, float64")
+    for name, t in (("v", v), ("grad", grad), ("noise", noise)):
+        if t is None:
+            continue
+        if t.shape != x.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(x.shape)}; they must match")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; they must be on one device")
+        if name == "v" and t.dtype != x.dtype:
+            raise TypeError(f"v has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
+    if rng_state is not None and (rng_state.dtype != torch.int64 or rng_state.shape != (2,)
+                                  or rng_state.device != x.device):
+        raise ValueError(f"rng_state must be an int64 tensor of shape [2] on {x.device} (seed, base offset); got "
+                         f"{rng_state.dtype} shape {tuple(rng_state.shape)} on {rng_state.device}")
+
+
+def _check(x, v, grad, step_size, friction, kick, noise, rng_state) -> None:
+    _check_coefficients(step_size, friction, kick)
+    _check_tensors(x, v, grad, noise, rng_state)
+
+
+def _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+    """The update with the noise of the selected backend's stream (bit-identical to langevin_step's xi)."""
+    if noise is None:
+        noise = philox_normal(x.numel(), seed=seed & ((1 << 64) - 1), offset=offset & ((1 << 64) - 1),
+                              device=x.device, rng_state=rng_state).reshape(x.shape)
+    return reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick, noise=noise)
+
+
+@torch.library.custom_op(f"{_NS}::kinetic_step", mutates_args=())
+def _kinetic_step_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_size: float, friction: float,
+                     kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
+                     rng_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
+    return _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
+
+
+@_kinetic_step_op.register_fake
+def _(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
+    return torch.empty_like(x), torch.empty_like(v)
+
+
+@torch.library.custom_op(f"{_NS}::kinetic_step_", mutates_args=("x", "v"))
+def _kinetic_step_inplace_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_size: float,
+                             friction: float, kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
+                             rng_state: Optional[torch.Tensor]) -> None:
+    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
+    x_new, v_new = _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
+    x.copy_(x_new)
+    v.copy_(v_new)
+
+
+@_kinetic_step_inplace_op.register_fake
+def _(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, _, step_size, friction, kick, *_ = inputs
+    ctx.coefficients = (step_size, friction, kick)
+    ctx.has_noise = inputs[8] is not None
+
+
+def _backward(ctx, grad_x, grad_v):
+    """x2 = x + a v - a kick grad + h/2 c2 xi and v2 = c1 v - c1 kick grad + c2 xi, a = h/2 (1 + c1)."""
+    step_size, friction, kick = ctx.coefficients
+    c1 = math.exp(-friction * step_size)
+    c2 = math.sqrt(-math.expm1(-2.0 * friction * step_size))
+    through_v = (0.5 * step_size * (1.0 + c1)) * grad_x + c1 * grad_v
+    grad_noise = c2 * (0.5 * step_size * grad_x + grad_v) if ctx.has_noise else None
+    return grad_x, through_v, -kick * through_v, None, None, None, None, None, grad_noise, None
+
+
+_kinetic_step_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _coerce(step_size, friction, kick, seed, offset, noise, rng_state):
+    if noise is None and rng_state is None and seed is None:
+        raise ValueError("seed is required when the kinetic step draws noise (pass seed and offset, "
+                         "or explicit noise, or rng_state)")
+    seed = 0 if seed is None else _as_int64("seed", seed)
+    offset = _as_int64("offset", offset)
+    return float(step_size), float(friction), float(kick), seed, offset
+
+
+def kinetic_step(x, v, grad, *, step_size, friction, kick, seed=None, offset=0, noise=None, rng_state=None):
+    """Out-of-place, differentiable fused kinetic-Langevin call; returns (x_new, v_new). See the module doc."""
+    args = _coerce(step_size, friction, kick, seed, offset, noise, rng_state)
+    return _kinetic_step_op(x, v, grad, *args, noise, rng_state)
+
+
+def kinetic_step_(x, v, grad, *, step_size, friction, kick, seed=None, offset=0, noise=None, rng_state=None):
+    """In-place fused kinetic-Langevin call on x and v (the sampler's form). See the module doc."""
+    args = _coerce(step_size, friction, kick, seed, offset, noise, rng_state)
+    _kinetic_step_inplace_op(x, v, grad, *args, noise, rng_state)

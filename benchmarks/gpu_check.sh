@@ -4,7 +4,7 @@
 #
 #   GIT_COMMIT=<sha> bash benchmarks/gpu_check.sh --bundle           # on the lent GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run                            # here, on the CPU, first
-#   bash benchmarks/gpu_check.sh --only chain,train --bundle          # a rerun of some stages
+#   bash benchmarks/gpu_check.sh --only chain,train --bundle          # some stages, in the order named
 #   bash benchmarks/gpu_check.sh --list                               # the stage names
 #
 # Stages, in this order, each under its own time limit (clipped to what is left of
@@ -221,16 +221,14 @@ export -f skip suite st_wheels st_build st_machine st_step st_chain st_train st_
 run_all() {
     echo "== gpu_check: $( ((DRY)) && echo 'DRY RUN on the CPU' || echo 'GPU run'), commit $COMMIT, python $PYTHON," \
         "budget ${BUDGET} s, results in $( ((BUNDLE)) && echo "$OUT/gpu_check_results.tar.gz" || echo "$RESULTS")"
-    stage wheels st_wheels
-    [[ -f $SITE/torchebm/__init__.py ]] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-    stage build st_build
-    stage machine st_machine
-    stage step st_step
-    stage chain st_chain
-    stage train st_train
-    stage resume st_resume
-    stage gpu-tests st_gpu_tests
-    stage memcheck st_memcheck
+    local order=("${STAGES[@]}") name
+    [[ -n $ONLY ]] && read -ra order <<< "${ONLY//,/ }"
+    for name in "${order[@]}"; do
+        stage "$name" "st_${name//-/_}"
+        if [[ $name == wheels && -f $SITE/torchebm/__init__.py ]]; then
+            export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+        fi
+    done
     pack
     write_summary
     echo

@@ -193,6 +193,21 @@ def run_step(backend: str, x, grad, noise, out, a, s, lam, lo, hi, seed, offset,
                                           noise=noise, rng_state=rng_state))
 
 
+def run_kinetic(backend: str, x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset,
+                rng_state) -> None:
+    """Write the kinetic update (kinetic_ops.py) into x_out, v_out (contiguous; they may be x, v)."""
+    if backend in ("cpp", "cuda"):
+        torch.ops.langevin_kernels._ext_kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick,
+                                                     seed, offset, rng_state)
+    elif backend == "triton":
+        _triton().kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state)
+    else:
+        x_new, v_new = reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick,
+                                              seed=seed, offset=offset, noise=noise, rng_state=rng_state)
+        x_out.copy_(x_new)
+        v_out.copy_(v_new)
+
+
 def run_normal(backend: str, out: torch.Tensor, seed: int, offset: int, rng_state=None) -> None:
     """Fill the contiguous float32 `out` with the stream at (seed, offset)."""
     if backend in ("cpp", "cuda"):

@@ -14,7 +14,8 @@ force one; a forced backend that cannot run the tensors' device is an error, not
 a silent fallback.
 
 Every kernel entry point here takes contiguous tensors of one dtype and writes
-`out` (which may be `x` itself).
+`out` (which may be `x` itself), or x_out and v_out (which may be x and v) for the
+kinetic op (kinetic_ops.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@
 //
 // Internal ops (reachable as torch.ops.langevin_kernels.*; each checks what it indexes):
 //   _ext_step     the native update on contiguous tensors (cpu/langevin_cpu.cpp, cuda/langevin_cuda.cu)
+//   _ext_kinetic_step  the native kinetic update (cpu/kinetic_cpu.cpp, cuda/kinetic_cuda.cu) behind
+//                 the Python custom ops kinetic_step[_] (langevin_kernels/kinetic_ops.py)
 //   _ext_normal   the noise stream alone (docs/noise.md)
 //   _ext_philox   raw Philox4x32-10 words (known-answer tests)
 //   _routed_step  same contract as _ext_step, implemented in Python by the selected backend
@@ -19,6 +21,11 @@
 //   rng_state (optional): int64[2] on x's device = (seed, base offset); when given,
 //   the kernel uses seed = rng_state[0] and offset = rng_state[1] + offset, read on
 //   the device so that a captured CUDA graph draws fresh noise on every replay.
+//
+// Contract of _ext_kinetic_step: x, v, grad, noise, x_out, v_out contiguous, one dtype and
+// device, same numel; x_out may alias x and v_out may alias v (nothing else may overlap).
+// Coefficients as in docs/samplers.md (c1, c2 from step_size and friction, in double on the
+// host); seed, offset and rng_state as for _ext_step.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -50,6 +57,9 @@ TORCH_LIBRARY(langevin_kernels, m) {
   m.def("_ext_step" LANGEVIN_RAW_STEP_ARGS);
   m.def("_routed_step" LANGEVIN_RAW_STEP_ARGS);
 #undef LANGEVIN_RAW_STEP_ARGS
+  m.def("_ext_kinetic_step(Tensor x, Tensor v, Tensor grad, Tensor? noise, Tensor(a!) x_out, "
+        "Tensor(b!) v_out, float step_size, float friction, float kick, int seed, int offset, "
+        "Tensor? rng_state) -> ()");
   m.def("_ext_normal(Tensor(a!) out, int seed, int offset, Tensor? rng_state) -> ()");
   m.def("_ext_philox(Tensor counters, int key0, int key1) -> Tensor");
   m.def("_ext_cpu_isa(str? select=None) -> str");

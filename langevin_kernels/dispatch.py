@@ -14,7 +14,8 @@ force one; a forced backend that cannot run the tensors' device is an error, not
 a silent fallback.
 
 Every kernel entry point here takes contiguous tensors of one dtype and writes
-`out` (which may be `x` itself).
+`out` (which may be `x` itself), or x_out and v_out (which may be x and v) for the
+kinetic op (kinetic_ops.py).
 """
 from __future__ import annotations
 
@@ -191,6 +192,21 @@ def run_step(backend: str, x, grad, noise, out, a, s, lam, lo, hi, seed, offset,
         out.copy_(reference.langevin_step(x, grad, step_size=a, noise_scale=s, seed=seed, offset=offset,
                                           prior_weight=lam, clamp_lo=clamp_lo, clamp_hi=clamp_hi,
                                           noise=noise, rng_state=rng_state))
+
+
+def run_kinetic(backend: str, x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset,
+                rng_state) -> None:
+    """Write the kinetic update (kinetic_ops.py) into x_out, v_out (contiguous; they may be x, v)."""
+    if backend in ("cpp", "cuda"):
+        torch.ops.langevin_kernels._ext_kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick,
+                                                     seed, offset, rng_state)
+    elif backend == "triton":
+        _triton().kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state)
+    else:
+        x_new, v_new = reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick,
+                                              seed=seed, offset=offset, noise=noise, rng_state=rng_state)
+        x_out.copy_(x_new)
+        v_out.copy_(v_new)
 
 
 def run_normal(backend: str, out: torch.Tensor, seed: int, offset: int, rng_state=None) -> None:

@@ -17,8 +17,13 @@ would only synchronise v, and x_K is exactly BAOAB's. xi is the noise stream of 
 
 Both are ``torch.library`` custom ops (``torch.ops.langevin_kernels.kinetic_step[_]``) with fake
 kernels (torch.compile) and, for the out-of-place one, an autograd formula (the update is linear
-in x, v, grad and noise). Backend: the eager reference (reference.kinetic_step) on every device;
-the native CPU/CUDA/Triton kernels are not written yet.
+in x, v, grad and noise). Their Python kernels check the arguments, then run the backend that
+dispatch.select picks for x's device and dtype, as for langevin_step: cpp (csrc/cpu/kinetic_cpu.cpp)
+for CPU tensors, cuda (csrc/cuda/kinetic_cuda.cu) then triton (triton_kernels.py) for CUDA tensors,
+the eager reference (reference.kinetic_step) when the extension is not built; ``lk.use_backend`` and
+``LANGEVIN_BACKEND`` force one. The kernels run one fused pass on contiguous tensors (internal op
+``_ext_kinetic_step``, csrc/register.cpp); other layouts go through contiguous buffers that are
+copied back, and a grad or noise of another dtype than x runs the reference.
 """
 from __future__ import annotations
 
@@ -27,10 +32,11 @@ from typing import Optional
 
 import torch
 
-from . import reference
-from .ops import _as_int64, philox_normal
+from . import dispatch
+from .ops import _as_int64, _shares_memory, philox_normal
 
 _NS = "langevin_kernels"
+_U64_MASK = (1 << 64) - 1
 
 
 def _check_coefficients(step_size: float, friction: float, kick: float) -> None:
@@ -66,12 +72,34 @@ def _check(x, v, grad, step_size, friction, kick, noise, rng_state) -> None:
     _check_tensors(x, v, grad, noise, rng_state)
 
 
-def _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
-    """The update with the noise of the selected backend's stream (bit-identical to langevin_step's xi)."""
-    if noise is None:
-        noise = philox_normal(x.numel(), seed=seed & ((1 << 64) - 1), offset=offset & ((1 << 64) - 1),
-                              device=x.device, rng_state=rng_state).reshape(x.shape)
-    return reference.kinetic_step(x, v, grad, step_size=step_size, friction=friction, kick=kick, noise=noise)
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def _update_into(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state):
+    """The update of (x, v) written into the contiguous x_out, v_out by the backend selected for x's device
+    and dtype. Its noise is the stream at (seed, offset), bit-identical to lk.philox_normal's there."""
+    if x.numel() == 0:
+        return
+    backend = dispatch.select(x.device, x.dtype)
+    if grad.dtype != x.dtype or (noise is not None and noise.dtype != x.dtype):
+        # The op allows a grad or noise of another dtype; the kernels take one. The reference computes it,
+        # with the selected backend's noise.
+        if noise is None:
+            noise = philox_normal(x.numel(), seed=seed & _U64_MASK, offset=offset & _U64_MASK, device=x.device,
+                                  rng_state=rng_state).reshape(x.shape)
+        backend = "eager"
+    dispatch.run_kinetic(backend, x.contiguous(), v.contiguous(), grad.contiguous(), _contiguous(noise),
+                         x_out, v_out, step_size, friction, kick, seed, offset, rng_state)
+
+
+def _writes_in_place(x, v, grad, noise) -> bool:
+    """Whether the kernel may write x and v where they lie: contiguous (noise element i is the i-th in
+    row-major order), and no input overlapping them (an element of x or v could change before it is read,
+    e.g. v = buf[1:], grad = buf[:-1]); otherwise it writes buffers that are copied back."""
+    if not (x.is_contiguous() and v.is_contiguous()) or _shares_memory(x, v):
+        return False
+    return not any(_shares_memory(t, other) for t in (x, v) for other in (grad, noise))
 
 
 @torch.library.custom_op(f"{_NS}::kinetic_step", mutates_args=())
@@ -79,7 +107,10 @@ def _kinetic_step_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_
                      kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
                      rng_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
-    return _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
+    x_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    v_out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _update_into(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state)
+    return x_out, v_out
 
 
 @_kinetic_step_op.register_fake
@@ -93,7 +124,12 @@ def _kinetic_step_inplace_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tenso
                              friction: float, kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
                              rng_state: Optional[torch.Tensor]) -> None:
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
-    x_new, v_new = _update(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state)
+    if _writes_in_place(x, v, grad, noise):
+        _update_into(x, v, grad, noise, x, v, step_size, friction, kick, seed, offset, rng_state)
+        return
+    x_new = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    v_new = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _update_into(x, v, grad, noise, x_new, v_new, step_size, friction, kick, seed, offset, rng_state)
     x.copy_(x_new)
     v.copy_(v_new)
 

@@ -19,6 +19,7 @@ before the @triton.jit definitions run for the interpreter to take over.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -147,6 +148,31 @@ def _langevin_step_kernel(x_ptr, g_ptr, noise_ptr, y_ptr, numel, a, s, lam, lo, 
     tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+# The kinetic op (kinetic_ops.py, docs/samplers.md): the same tiles and noise as the step above;
+# c1 and c2 come from the host, computed there in double.
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _kinetic_step_kernel(x_ptr, v_ptr, g_ptr, noise_ptr, x_out_ptr, v_out_ptr, numel, kick, half_h, c1, c2,
+                         seed, offset, rng_ptr, HAS_NOISE: tl.constexpr, HAS_RNG_STATE: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    groups = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    idx = groups[:, None] * 4 + tl.arange(0, 4)[None, :]
+    mask = idx < numel
+    x = tl.load(x_ptr + idx, mask=mask).to(tl.float32)
+    v = tl.load(v_ptr + idx, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + idx, mask=mask).to(tl.float32)
+    if HAS_NOISE:
+        xi = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
+    else:
+        seed, offset = _seed_offset(seed, offset, rng_ptr, HAS_RNG_STATE)
+        xi = _normals_tile(groups, seed, offset, BLOCK)
+    v1 = v - kick * g
+    x1 = x + half_h * v1
+    v2 = c1 * v1 + c2 * xi
+    x2 = x1 + half_h * v2
+    tl.store(x_out_ptr + idx, x2.to(x_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_out_ptr + idx, v2.to(v_out_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _normal_kernel(out_ptr, numel, seed, offset, rng_ptr, HAS_RNG_STATE: tl.constexpr, BLOCK: tl.constexpr):
     groups = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -189,6 +215,19 @@ def step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state) -> Non
     _langevin_step_kernel[_grid(numel, BLOCK_GROUPS)](
         x, grad, noise if noise is not None else x, out, numel, a, s, lam, lo, hi, seed, offset,
         rng_state if rng_state is not None else x,
+        HAS_NOISE=noise is not None, HAS_RNG_STATE=rng_state is not None, BLOCK=BLOCK_GROUPS,
+        num_warps=NUM_WARPS)
+
+
+def kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state) -> None:
+    """Write the kinetic update into x_out, v_out (contiguous tensors of one dtype; they may be x, v)."""
+    _check_dtype(x)
+    c1 = math.exp(-friction * step_size)
+    c2 = math.sqrt(-math.expm1(-2.0 * friction * step_size))  # as the reference: no cancellation
+    numel = x.numel()
+    _kinetic_step_kernel[_grid(numel, BLOCK_GROUPS)](
+        x, v, grad, noise if noise is not None else x, x_out, v_out, numel, kick, 0.5 * step_size, c1, c2,
+        seed, offset, rng_state if rng_state is not None else x,
         HAS_NOISE=noise is not None, HAS_RNG_STATE=rng_state is not None, BLOCK=BLOCK_GROUPS,
         num_warps=NUM_WARPS)
 

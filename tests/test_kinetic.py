@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import langevin_kernels as lk
+from backends import Backend, per_device, runs_dtype
+from langevin_kernels import dispatch, reference
 from langevin_kernels.kinetic_ops import kinetic_step, kinetic_step_
 
 H, GAMMA = 0.1, 1.5
@@ -111,13 +113,14 @@ def test_bad_tensors_name_the_argument():
         kinetic_step(x, x, x, step_size=H, friction=GAMMA, kick=H)
 
 
-def test_opcheck_both_ops():
-    x, v, g, xi = (torch.randn(5, 3) for _ in range(4))
+def test_opcheck_both_ops(backend):
+    x, v, g, xi = (torch.randn(5, 3, device=backend.device) for _ in range(4))
     args = (H, GAMMA, H, 4, 8)
-    torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step.default, (x, v, g, *args, None, None))
-    torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step.default, (x, v, g, *args, xi, None))
-    torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step_.default,
-                          (x.clone(), v.clone(), g, *args, None, None))
+    with lk.use_backend(backend.name):
+        torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step.default, (x, v, g, *args, None, None))
+        torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step.default, (x, v, g, *args, xi, None))
+        torch.library.opcheck(torch.ops.langevin_kernels.kinetic_step_.default,
+                              (x.clone(), v.clone(), g, *args, None, None))
 
 
 def test_gradcheck_in_x_v_grad_and_noise():
@@ -135,6 +138,166 @@ def test_compiles_fullgraph():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     for a, b in zip(compiled(x, v, g), step(x, v, g)):
         assert torch.equal(a, b)
+
+
+# --- the backends (cpp, cuda, triton, eager; dispatch.py) -------------------------------------
+
+KINETIC_SHAPES = [(7, 9), (1,), (0, 3), (4097,)]
+KINETIC_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+# Max error relative to the largest output, against the reference fed the same noise: float32 is the
+# contract's 1e-6; bfloat16 allows one rounding flip (a CUDA FMA can move a float32 value across a
+# bfloat16 rounding boundary); float64 a few double roundings.
+KINETIC_TOL = {torch.float32: 1e-6, torch.float64: 1e-13, torch.bfloat16: 8e-3}
+# A seed and an offset with both 32-bit halves in use (the key and counter words).
+SEED, OFFSET = 0x1234_5678_9ABC, (1 << 33) + 5
+_CASES = per_device([(s, d) for s in KINETIC_SHAPES for d in KINETIC_DTYPES],
+                    [(s, d) for s in KINETIC_SHAPES for d in KINETIC_DTYPES],
+                    keep=lambda backend, case: runs_dtype(backend, case[1]))
+
+
+def _states(shape, dtype, device, count=4):
+    gen = torch.Generator().manual_seed(11)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+            for _ in range(count)]
+
+
+def _native_call(backend, x, v, g, noise=None, rng_state=None, seed=SEED, offset=OFFSET):
+    """The backend's kernel on outputs poisoned with NaN, so that an element it does not write shows."""
+    x_out, v_out = torch.full_like(x, math.nan), torch.full_like(v, math.nan)
+    if x.numel():
+        dispatch.run_kinetic(backend.name, x, v, g, noise, x_out, v_out, H, GAMMA, 0.7 * H, seed, offset,
+                             rng_state)
+    return x_out, v_out
+
+
+def _assert_close(got, want):
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert not a.isnan().any(), "unwritten (NaN-poisoned) elements"
+        if b.numel():
+            rel = ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+            assert rel < KINETIC_TOL[b.dtype], f"max relative error {rel:.3g} for {b.dtype}"
+
+
+def _reference(x, v, g, noise):
+    return reference.kinetic_step(x, v, g, step_size=H, friction=GAMMA, kick=0.7 * H, noise=noise)
+
+
+@pytest.mark.parametrize("backend,case", _CASES, indirect=["backend"])
+def test_backend_equals_reference_with_explicit_noise(backend, case):
+    shape, dtype = case
+    x, v, g, xi = _states(shape, dtype, backend.device)
+    want = _reference(x, v, g, xi)
+    _assert_close(_native_call(backend, x, v, g, noise=xi), want)
+    with lk.use_backend(backend.name):   # the public ops route there too
+        _assert_close(kinetic_step(x, v, g, step_size=H, friction=GAMMA, kick=0.7 * H, noise=xi), want)
+        kinetic_step_(x, v, g, step_size=H, friction=GAMMA, kick=0.7 * H, noise=xi)
+    _assert_close((x, v), want)
+
+
+@pytest.mark.parametrize("backend,case", _CASES, indirect=["backend"])
+def test_backend_draws_the_philox_normal_stream(backend, case):
+    # The noise drawn in the kernel is lk.philox_normal's at (seed, offset) on the same backend, bit for bit:
+    # the update then equals the reference fed that noise (exactly where the arithmetic is the same).
+    shape, dtype = case
+    x, v, g = _states(shape, dtype, backend.device, count=3)
+    with lk.use_backend(backend.name):
+        xi = lk.philox_normal(x.numel(), seed=SEED, offset=OFFSET, device=backend.device).reshape(shape)
+    drawn = _native_call(backend, x, v, g)
+    _assert_close(drawn, _reference(x, v, g, xi))
+    if dtype != torch.bfloat16:   # explicit noise of the same values (bfloat16 would round it)
+        given = _native_call(backend, x, v, g, noise=xi.to(dtype))
+        assert all(torch.equal(a, b) for a, b in zip(drawn, given))
+    # rng_state = (seed, base offset) read on the device, plus the offset argument
+    state = torch.tensor([SEED, OFFSET - 3], dtype=torch.int64, device=backend.device)
+    from_state = _native_call(backend, x, v, g, rng_state=state, seed=999, offset=3)
+    assert all(torch.equal(a, b) for a, b in zip(drawn, from_state))
+
+
+@pytest.mark.parametrize("backend,layout", per_device(["transposed", "overlapping"], ["transposed", "overlapping"]),
+                         indirect=["backend"])
+def test_backend_in_place_on_other_layouts(backend, layout):
+    # Non-contiguous x, v (and grad overlapping v) go through contiguous buffers that are copied back.
+    x, v, g, xi = _states((6, 8), torch.float32, backend.device)
+    if layout == "transposed":
+        x, v, g = (t.t().contiguous().t() for t in (x, v, g))
+    else:
+        buf = torch.randn(49, device=backend.device)
+        v, g = buf[1:].view(6, 8), buf[:-1].view(6, 8)
+    want = _reference(x.clone(), v.clone(), g.clone(), xi)
+    with lk.use_backend(backend.name):
+        kinetic_step_(x, v, g, step_size=H, friction=GAMMA, kick=0.7 * H, noise=xi)
+    _assert_close((x, v), want)
+
+
+def test_cpp_is_independent_of_the_thread_count():
+    if dispatch.unavailable_reason("cpp", "cpu"):
+        pytest.skip("extension not built")
+    x, v, g = _states((3, 70001), torch.float32, "cpu", count=3)   # several parallel tasks
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_native_call(Backend("cpp", "cpu"), x, v, g))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_the_public_ops_run_the_selected_backend(monkeypatch):
+    if dispatch.unavailable_reason("cpp", "cpu"):
+        pytest.skip("extension not built")
+    seen = []
+    real = dispatch.run_kinetic
+    monkeypatch.setattr(dispatch, "run_kinetic", lambda name, *args: (seen.append(name), real(name, *args)))
+    x = torch.randn(5)
+    kinetic_step(x, x, x, step_size=H, friction=GAMMA, kick=H, seed=0)
+    with lk.use_backend("eager"):
+        kinetic_step(x, x, x, step_size=H, friction=GAMMA, kick=H, seed=0)
+    kinetic_step(x, x, x.double(), step_size=H, friction=GAMMA, kick=H, seed=0)   # mixed dtypes: the reference
+    assert seen == ["cpp", "eager", "eager"]
+
+
+def _ext_args(n=8, dtype=torch.float32, device="cpu"):
+    x = torch.zeros(n, dtype=dtype, device=device)
+    return dict(x=x, v=x.clone(), grad=x.clone(), noise=None, x_out=x.clone(), v_out=x.clone(), step_size=H,
+                friction=GAMMA, kick=H, seed=0, offset=0, rng_state=None)
+
+
+_BAD_EXT_CALLS = {
+    "short v": (dict(v=torch.zeros(7)), ValueError, "v has 7 elements"),
+    "short grad": (dict(grad=torch.zeros(7)), ValueError, "grad has 7 elements"),
+    "short noise": (dict(noise=torch.zeros(7)), ValueError, "noise has 7 elements"),
+    "short x_out": (dict(x_out=torch.zeros(7)), ValueError, "x_out has 7 elements"),
+    "short v_out": (dict(v_out=torch.zeros(7)), ValueError, "v_out has 7 elements"),
+    "grad dtype": (dict(grad=torch.zeros(8, dtype=torch.float64)), TypeError, "grad has dtype"),
+    "v_out dtype": (dict(v_out=torch.zeros(8, dtype=torch.bfloat16)), TypeError, "v_out has dtype"),
+    "int x": (dict(x=torch.zeros(8, dtype=torch.int32)), TypeError, "x has dtype"),
+    "strided grad": (dict(grad=torch.zeros(16)[::2]), ValueError, "grad must be contiguous"),
+    "1-element rng_state": (dict(rng_state=torch.zeros(1, dtype=torch.int64)), ValueError, "rng_state must be"),
+    "int32 rng_state": (dict(rng_state=torch.zeros(2, dtype=torch.int32)), ValueError, "rng_state must be"),
+}
+
+
+@pytest.mark.parametrize("bad", list(_BAD_EXT_CALLS), ids=list(_BAD_EXT_CALLS))
+def test_ext_kinetic_step_checks_what_it_indexes(bad):
+    if dispatch.unavailable_reason("cpp", "cpu"):
+        pytest.skip("extension not built")
+    change, error, match = _BAD_EXT_CALLS[bad]
+    with pytest.raises(error, match=match):
+        torch.ops.langevin_kernels._ext_kinetic_step(**(_ext_args() | change))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["v", "rng_state"])
+def test_ext_kinetic_step_cuda_refuses_other_devices(where):
+    if dispatch.unavailable_reason("cuda", "cuda"):
+        pytest.fail(f"the cuda backend must run on a GPU machine: {dispatch.unavailable_reason('cuda', 'cuda')}")
+    args = _ext_args(device="cuda")
+    args[where] = torch.zeros(8 if where == "v" else 2, dtype=torch.float32 if where == "v" else torch.int64)
+    with pytest.raises(ValueError, match=f"{where} is on cpu"):
+        torch.ops.langevin_kernels._ext_kinetic_step(**args)
 
 
 # --- the chain -------------------------------------------------------------------------

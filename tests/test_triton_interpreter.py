@@ -1,4 +1,4 @@
-"""The Triton kernels on CPU: every CPU triton case of the op, noise and op-property tests,
+"""The Triton kernels on CPU: every CPU triton case of the op, noise, op-property and kinetic tests,
 rerun in a subprocess with TRITON_INTERPRET=1 (the variable must be set before triton's @jit
 definitions execute, so it cannot be switched on in-process). Every one of them must pass
 there: a skip (the backend not running after all) or a missing case fails this test."""
@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-FILES = ("test_noise.py", "test_ops.py", "test_op_properties.py")
+FILES = ("test_noise.py", "test_ops.py", "test_op_properties.py", "test_kinetic.py")
 # The CPU triton cases: ids "cpu-triton" (tests/backends.py) or "triton" (conftest's
 # cpu_backend); `not gpu` leaves out the CUDA ones (the gpu mark is a keyword).
 SELECT = "triton and not gpu"

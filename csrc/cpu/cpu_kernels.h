@@ -53,5 +53,9 @@ extern const KernelTable kBaselineTable;
 extern const KernelTable kAvx2Table;
 #endif
 
+// The table the CPU ops use now (LANGEVIN_CPU_ISA / _ext_cpu_isa; langevin_cpu.cpp), so that
+// every CPU op draws its noise with the same, switchable, SIMD kernels.
+const KernelTable& active_table();
+
 }  // namespace cpu
 }  // namespace langevin

@@ -248,6 +248,8 @@ std::string ext_cpu_isa(const std::optional<std::string>& select) {
 
 }  // namespace
 
+const KernelTable& langevin::cpu::active_table() { return kernels(); }
+
 // Not a tensor op: a catch-all kernel (no dispatch key).
 TORCH_LIBRARY_FRAGMENT(langevin_kernels, m) {
   m.impl("_ext_cpu_isa", &ext_cpu_isa);

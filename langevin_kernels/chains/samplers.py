@@ -56,12 +56,22 @@ class DataChain(_LangevinChain):
             runs and optimizer steps on the energy's parameters reuse the graph. An energy that
             cannot be compiled gives a RuntimeWarning and the chain runs uncompiled
             (``chain.compile_failed`` says why). Runs with ``return_trajectory=True`` run uncompiled.
+        adapt_step_size: with ``mala=True``: one step size per chain, tuned by dual averaging
+            (lk.adaptation.DualAveraging) on the device during ``warmup`` extra MALA steps at the
+            start of the first run, toward acceptance ``target_accept`` (default 0.574), then
+            frozen: the n_steps kept steps (trajectory, stats) use a fixed kernel. ``step_size`` is
+            the initial step; the noise scale follows s_b = sqrt(2 T a_b) with
+            T = noise_scale**2 / (2 step_size). ``chain.step_sizes_per_chain`` ([B]) holds the frozen
+            steps (also in ``state_dict()``); later runs reuse them without warm-up. Eager path only:
+            NotImplementedError with compile, capture_graph or differentiable.
+        warmup, target_accept: see adapt_step_size; warm-up steps advance ``chain.offset`` too.
     """
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, noise_scale,
                  clamp=None, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
                  differentiable=False, track_stats=True, on_nonfinite="raise",
-                 reinit_fn: Callable[[int], torch.Tensor] | None = None, compile=False, compile_block=None):
+                 reinit_fn: Callable[[int], torch.Tensor] | None = None, compile=False, compile_block=None,
+                 adapt_step_size=False, warmup=0, target_accept=0.574):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
         if reinit_fn is not None and not callable(reinit_fn):
@@ -70,7 +80,8 @@ class DataChain(_LangevinChain):
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, clamp=clamp,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
                          differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite,
-                         compile=compile, compile_block=compile_block)
+                         compile=compile, compile_block=compile_block, adapt_step_size=adapt_step_size,
+                         warmup=warmup, target_accept=target_accept)
         if reinit_fn is not None and self.on_nonfinite != "reinit":
             raise ValueError(f"reinit_fn is used only with on_nonfinite='reinit', but on_nonfinite={on_nonfinite!r}")
         self.reinit_fn = reinit_fn

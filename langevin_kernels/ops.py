@@ -344,10 +344,11 @@ def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weig
 
 def _per_element(per_chain, scalar: float, like: torch.Tensor):
     """A coefficient as it multiplies the elements of `like`: the float, or the per-chain
-    tensor viewed as [B, 1, ..., 1] (in the math type, as the kernels read it)."""
+    tensor viewed as [B, 1, ..., 1] (type promotion gives at least its float type; the backward
+    casts back to the cotangent's dtype)."""
     if per_chain is None:
         return scalar
-    return _in_math_type(per_chain, like).reshape((-1,) + (1,) * (like.dim() - 1))
+    return per_chain.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _setup_context(ctx, inputs, output):

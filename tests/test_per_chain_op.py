@@ -161,3 +161,37 @@ def test_compiled_call_matches_eager():
 
     got = torch.compile(step, fullgraph=True, backend="aot_eager")(x, g, a, s)
     assert torch.equal(got, step(x, g, a, s))
+
+
+_NO_EXTENSION = """
+import sys
+sys.modules["langevin_kernels._C"] = None          # as if the extension was never built
+import torch
+import langevin_kernels as lk
+assert lk.dispatch.extension_error() is not None
+x, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+a = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+y = lk.langevin_step(x, g, step_size=a, noise_scale=a.sqrt(), seed=7, offset=3)
+xi = lk.philox_normal(12, seed=7, offset=3, dtype=torch.float64).reshape(3, 4)
+assert torch.allclose(y, x - a[:, None] * g + a.sqrt()[:, None] * xi, rtol=1e-12, atol=1e-12)
+z = x.clone()
+lk.langevin_step_(z, g, step_size=a, noise_scale=a.sqrt(), seed=7, offset=3)
+assert torch.equal(z, y)
+try:
+    lk.langevin_step(x, g, step_size=-a, noise_scale=0.1, seed=0, offset=0)
+except ValueError as exc:
+    assert "step_size_per_chain[0]=-0.1 must be finite and >= 0" in str(exc), exc
+else:
+    raise AssertionError("negative per-chain step accepted")
+torch.library.opcheck(torch.ops.langevin_kernels.langevin_step.default,
+                      (x.requires_grad_(), g, 1.0, 1.0, 7, 3, 0.0, None, None, None, None, a, a))
+print("ok")
+"""
+
+
+def test_python_defined_ops_take_per_chain_coefficients():
+    """Without the C++ extension, ops.py defines the ops with the same per-chain arguments."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", _NO_EXTENSION], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().endswith("ok"), result.stderr[-3000:]

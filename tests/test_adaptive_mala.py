@@ -114,6 +114,28 @@ def test_bad_options_name_the_argument():
         chain.run(torch.zeros(4, 2))
 
 
+def test_latent_chain_adapts_on_a_linear_gaussian_posterior():
+    """x = W z + N(0, sigma^2 I), z ~ N(0, I): the posterior is N(S W^T x / sigma^2, S) with
+    S = (I + W^T W / sigma^2)^-1, known exactly; chains start at scales 0.01 .. 10."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    sigma, n = 0.5, 32
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + w.T @ w / sigma ** 2)
+    mean = x @ w @ cov / sigma ** 2                                  # [n, 2], cov is symmetric
+    chain = lk.LatentChain(lambda z: z @ w.T, sigma=sigma, n_steps=1500, step_size=0.01,
+                           noise_scale=math.sqrt(0.02), mala=True, adapt_step_size=True, warmup=500, seed=2)
+    z0 = torch.logspace(-2, 1, n, dtype=torch.float64)[:, None] * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    _, traj = chain.run(z0, x, return_trajectory=True)
+    assert _fraction_in_band(chain) >= 0.95
+    # Residuals in the posterior's whitened coordinates are N(0, I) for every chain.
+    white = (traj[1:] - mean) @ torch.linalg.cholesky(torch.linalg.inv(cov))
+    ess = effective_sample_size(white, method="mean")
+    pooled = white.reshape(-1, 2)
+    assert float((pooled.mean(0).abs() * ess.sqrt()).max()) < 5.0      # 5 ESS-based standard errors
+    assert bool(((pooled.var(0) - 1).abs() < 5.0 * torch.sqrt(2.0 / ess)).all())
+
+
 # ----------------------------------------------------------------------------- validation
 
 @pytest.mark.slow

@@ -21,6 +21,9 @@
 //   rng_state (optional): int64[2] on x's device = (seed, base offset); when given,
 //   the kernel uses seed = rng_state[0] and offset = rng_state[1] + offset, read on
 //   the device so that a captured CUDA graph draws fresh noise on every replay.
+//   step_size_per_chain / noise_scale_per_chain (optional): contiguous, x's device, the math
+//   dtype (float64 for float64 x, else float32), R elements with numel % R == 0; element i
+//   uses entry i / (numel / R) instead of the float.
 //
 // Contract of _ext_kinetic_step: x, v, grad, noise, x_out, v_out contiguous, one dtype and
 // device, same numel; x_out may alias x and v_out may alias v (nothing else may overlap).
@@ -43,20 +46,24 @@ TORCH_LIBRARY(langevin_kernels, m) {
 #define LANGEVIN_STEP_ARGS                                                          \
   "float step_size, float noise_scale, int seed, int offset, float prior_weight, " \
   "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state"
-  m.def("langevin_step(Tensor x, Tensor grad, " LANGEVIN_STEP_ARGS ") -> Tensor");
+  // *_per_chain: optional [x.size(0)] tensors, one coefficient per chain (dim 0 of x) that
+  // replaces the float of the same name for that chain's elements (docs/op.md).
+#define LANGEVIN_PER_CHAIN_ARGS "Tensor? step_size_per_chain=None, Tensor? noise_scale_per_chain=None"
+  m.def("langevin_step(Tensor x, Tensor grad, " LANGEVIN_STEP_ARGS ", " LANGEVIN_PER_CHAIN_ARGS ") -> Tensor");
   // grad_norm_out: [x.size(0)] per-chain L2 norms of grad, written by the same call
   // (the chains' per-step statistic without a reduction op of its own).
   m.def("langevin_step_(Tensor(a!) x, Tensor grad, " LANGEVIN_STEP_ARGS
-        ", Tensor(b!)? grad_norm_out=None) -> ()");
+        ", Tensor(b!)? grad_norm_out=None, " LANGEVIN_PER_CHAIN_ARGS ") -> ()");
 #undef LANGEVIN_STEP_ARGS
 
 #define LANGEVIN_RAW_STEP_ARGS                                                   \
   "(Tensor x, Tensor grad, Tensor? noise, Tensor(a!) out, float step_size, "    \
   "float noise_scale, float prior_weight, float clamp_lo, float clamp_hi, int seed, " \
-  "int offset, Tensor? rng_state) -> ()"
+  "int offset, Tensor? rng_state, " LANGEVIN_PER_CHAIN_ARGS ") -> ()"
   m.def("_ext_step" LANGEVIN_RAW_STEP_ARGS);
   m.def("_routed_step" LANGEVIN_RAW_STEP_ARGS);
 #undef LANGEVIN_RAW_STEP_ARGS
+#undef LANGEVIN_PER_CHAIN_ARGS
   m.def("_ext_kinetic_step(Tensor x, Tensor v, Tensor grad, Tensor? noise, Tensor(a!) x_out, "
         "Tensor(b!) v_out, float step_size, float friction, float kick, int seed, int offset, "
         "Tensor? rng_state) -> ()");

@@ -59,6 +59,7 @@ void set_route(c10::string_view device_type, at::ScalarType dtype, bool native) 
 // Must match the native kernels' C++ signature exactly (`out` by value).
 using RawStep = void(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                      at::Tensor, double, double, double, double, double, int64_t, int64_t,
+                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                      const std::optional<at::Tensor>&);
 
 const c10::TypedOperatorHandle<RawStep>& raw_step(bool native) {
@@ -161,7 +162,29 @@ struct StepArgs {
   std::optional<double> clamp_lo, clamp_hi;
   const std::optional<at::Tensor>& noise;
   const std::optional<at::Tensor>& rng_state;
+  const std::optional<at::Tensor>& step_size_per_chain;
+  const std::optional<at::Tensor>& noise_scale_per_chain;
 };
+
+// One coefficient per chain: shape [x.size(0)], a float dtype, x's device. On the CPU the
+// values are also checked (finite, >= 0); on CUDA that would need a host sync every step.
+void check_per_chain(const char* name, const std::optional<at::Tensor>& t, const at::Tensor& x) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(x.dim() >= 1, name, " needs x with a chain dimension (dim 0); x is a scalar");
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(0), name, " has shape ", shape_str(t->sizes()),
+                    " but must be (", x.size(0), ",): one value per chain (dim 0 of x)");
+  check_float_tensor(name, *t);
+  TORCH_CHECK_VALUE(t->device() == x.device(), name, " is on ", t->device(), " but x is on ", x.device(),
+                    "; they must be on one device");
+  if (t->is_cpu() && t->numel() > 0) {
+    const at::Tensor bad = (~at::isfinite(*t)) | (*t < 0);
+    if (bad.any().item<bool>()) {
+      const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+      TORCH_CHECK_VALUE(false, name, "[", i, "]=", float_str((*t)[i].item<double>()),
+                        " must be finite and >= 0");
+    }
+  }
+}
 
 void check_step(const StepArgs& a) {
   check_float_tensor("x", a.x);
@@ -174,6 +197,8 @@ void check_step(const StepArgs& a) {
     TORCH_CHECK_VALUE(st.device() == a.x.device(), "rng_state is on ", st.device(), " but x is on ",
                       a.x.device(), "; they must be on one device");
   }
+  check_per_chain("step_size_per_chain", a.step_size_per_chain, a.x);
+  check_per_chain("noise_scale_per_chain", a.noise_scale_per_chain, a.x);
   check_coefficient("step_size", a.step_size, true);
   check_coefficient("noise_scale", a.noise_scale, true);
   check_coefficient("prior_weight", a.prior_weight, false);
@@ -262,12 +287,20 @@ std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
+// The kernels read per-chain coefficients in their math type (float64 for float64 states).
+std::optional<at::Tensor> in_math_type(const std::optional<at::Tensor>& t, const at::Tensor& x) {
+  if (!t.has_value()) return std::nullopt;
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return t->to(math).contiguous();
+}
+
 void launch(const StepArgs& a, const at::Tensor& out) {
   const double inf = std::numeric_limits<double>::infinity();
   raw_step(runs_native(a.x))
       .call(a.x.contiguous(), a.grad.contiguous(), contiguous(a.noise), out, a.step_size,
             a.noise_scale, a.prior_weight, a.clamp_lo.value_or(-inf), a.clamp_hi.value_or(inf),
-            a.seed, a.offset, a.rng_state);
+            a.seed, a.offset, a.rng_state, in_math_type(a.step_size_per_chain, a.x),
+            in_math_type(a.noise_scale_per_chain, a.x));
 }
 
 // ----------------------------------------------------------------------------- kernels
@@ -276,9 +309,11 @@ at::Tensor langevin_step(const at::Tensor& x, const at::Tensor& grad, double ste
                          double noise_scale, int64_t seed, int64_t offset, double prior_weight,
                          std::optional<double> clamp_lo, std::optional<double> clamp_hi,
                          const std::optional<at::Tensor>& noise,
-                         const std::optional<at::Tensor>& rng_state) {
+                         const std::optional<at::Tensor>& rng_state,
+                         const std::optional<at::Tensor>& step_size_per_chain,
+                         const std::optional<at::Tensor>& noise_scale_per_chain) {
   const StepArgs a{x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                   noise, rng_state};
+                   noise, rng_state, step_size_per_chain, noise_scale_per_chain};
   check_step(a);
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   if (x.numel() > 0) launch(a, out);
@@ -352,9 +387,11 @@ void langevin_step_(const at::Tensor& x, const at::Tensor& grad, double step_siz
                     std::optional<double> clamp_lo, std::optional<double> clamp_hi,
                     const std::optional<at::Tensor>& noise,
                     const std::optional<at::Tensor>& rng_state,
-                    const std::optional<at::Tensor>& grad_norm_out) {
+                    const std::optional<at::Tensor>& grad_norm_out,
+                    const std::optional<at::Tensor>& step_size_per_chain,
+                    const std::optional<at::Tensor>& noise_scale_per_chain) {
   const StepArgs a{x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                   noise, rng_state};
+                   noise, rng_state, step_size_per_chain, noise_scale_per_chain};
   check_step(a);
   check_inplace_target(x);
   if (grad_norm_out.has_value()) {

@@ -180,18 +180,28 @@ def _triton():
     return triton_kernels
 
 
-def run_step(backend: str, x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state) -> None:
-    """Write the update into `out` (contiguous tensors; lo/hi are floats, +-inf when unset)."""
+def run_step(backend: str, x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state,
+             a_rows=None, s_rows=None) -> None:
+    """Write the update into `out` (contiguous tensors; lo/hi are floats, +-inf when unset).
+    a_rows / s_rows: optional per-chain coefficients (contiguous, math type, R entries dividing
+    numel) replacing a / s for element i by entry i // (numel / R)."""
     if backend in ("cpp", "cuda"):
-        torch.ops.langevin_kernels._ext_step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state)
+        torch.ops.langevin_kernels._ext_step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state,
+                                             a_rows, s_rows)
     elif backend == "triton":
-        _triton().step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state)
+        _triton().step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state, a_rows, s_rows)
     else:
         clamp_lo = None if lo == float("-inf") else lo
         clamp_hi = None if hi == float("inf") else hi
+        rows = next((t.numel() for t in (a_rows, s_rows) if t is not None), None)
+        if rows:   # one row per chain, so that [R, 1] coefficients broadcast over each chain's elements
+            x, grad = x.reshape(rows, -1), grad.reshape(rows, -1)
+            noise = None if noise is None else noise.reshape(rows, -1)
+            a = a if a_rows is None else a_rows.reshape(rows, 1)
+            s = s if s_rows is None else s_rows.reshape(rows, 1)
         out.copy_(reference.langevin_step(x, grad, step_size=a, noise_scale=s, seed=seed, offset=offset,
                                           prior_weight=lam, clamp_lo=clamp_lo, clamp_hi=clamp_hi,
-                                          noise=noise, rng_state=rng_state))
+                                          noise=noise, rng_state=rng_state).reshape(out.shape))
 
 
 def run_kinetic(backend: str, x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset,

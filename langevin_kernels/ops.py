@@ -32,10 +32,13 @@ _NATIVE_OPS = dispatch.extension_error() is None
 _ARGS = ("float step_size, float noise_scale, int seed, int offset, float prior_weight, "
          "float? clamp_lo, float? clamp_hi, Tensor? noise, Tensor? rng_state")
 
+_PER_CHAIN_ARGS = "Tensor? step_size_per_chain=None, Tensor? noise_scale_per_chain=None"
+
 _lib = torch.library.Library("langevin_kernels", "FRAGMENT")
 if not _NATIVE_OPS:
-    _lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}) -> Tensor")
-    _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}, Tensor(b!)? grad_norm_out=None) -> ()")
+    _lib.define(f"langevin_step(Tensor x, Tensor grad, {_ARGS}, {_PER_CHAIN_ARGS}) -> Tensor")
+    _lib.define(f"langevin_step_(Tensor(a!) x, Tensor grad, {_ARGS}, Tensor(b!)? grad_norm_out=None, "
+                f"{_PER_CHAIN_ARGS}) -> ()")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -92,10 +95,38 @@ def _check_rng_state(rng_state, x: torch.Tensor) -> None:
         raise ValueError(f"rng_state is on {rng_state.device} but x is on {x.device}; they must be on one device")
 
 
+def _check_per_chain(name: str, t, x: torch.Tensor) -> None:
+    """One coefficient per chain: shape [x.shape[0]], a float dtype, x's device (metadata only)."""
+    if t is None:
+        return
+    if x.dim() < 1:
+        raise ValueError(f"{name} needs x with a chain dimension (dim 0); x is a scalar")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but must be ({x.shape[0]},): one value per chain "
+                         "(dim 0 of x)")
+    _check_float_tensor(name, t)
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}; they must be on one device")
+
+
+def _check_per_chain_values(name: str, t) -> None:
+    """Finite and >= 0, checked where it is cheap: CPU tensors (on CUDA it would sync every step)."""
+    if t is None or t.device.type != "cpu" or not t.numel():
+        return
+    bad = ~torch.isfinite(t) | (t < 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}[{i}]={float(t[i])} must be finite and >= 0")
+
+
 def _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-              noise, rng_state) -> None:
+              noise, rng_state, step_size_per_chain=None, noise_scale_per_chain=None) -> None:
     """Checks shared by the ops' real and fake kernels (metadata only, no device reads)."""
     _check_float_tensor("x", x)
+    _check_per_chain("step_size_per_chain", step_size_per_chain, x)
+    _check_per_chain("noise_scale_per_chain", noise_scale_per_chain, x)
     _check_float_tensor("grad", grad, like=x)
     if noise is not None:
         _check_float_tensor("noise", noise, like=x)
@@ -200,27 +231,41 @@ def _bounds(clamp_lo, clamp_hi) -> tuple[float, float]:
     return (-math.inf if clamp_lo is None else clamp_lo, math.inf if clamp_hi is None else clamp_hi)
 
 
+def _in_math_type(t, x):
+    """Per-chain coefficients as the kernels read them: contiguous, float64 for float64 x, else float32."""
+    if t is None:
+        return None
+    return t.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+
+
 def _launch(x, grad, noise, out, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-            rng_state) -> None:
+            rng_state, a_rows=None, s_rows=None) -> None:
     lo, hi = _bounds(clamp_lo, clamp_hi)
     dispatch.run_step(dispatch.select(x.device, x.dtype), x.contiguous(), grad.contiguous(),
                       None if noise is None else noise.contiguous(), out,
-                      step_size, noise_scale, prior_weight, lo, hi, seed, offset, rng_state)
+                      step_size, noise_scale, prior_weight, lo, hi, seed, offset, rng_state,
+                      _in_math_type(a_rows, x), _in_math_type(s_rows, x))
 
 
 def _step_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise,
-                 rng_state):
-    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+                 rng_state, step_size_per_chain=None, noise_scale_per_chain=None):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state,
+              step_size_per_chain, noise_scale_per_chain)
+    _check_per_chain_values("step_size_per_chain", step_size_per_chain)
+    _check_per_chain_values("noise_scale_per_chain", noise_scale_per_chain)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel():
         _launch(x, grad, noise, out, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                rng_state)
+                rng_state, step_size_per_chain, noise_scale_per_chain)
     return out
 
 
 def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                         noise, rng_state, grad_norm_out=None):
-    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+                         noise, rng_state, grad_norm_out=None, step_size_per_chain=None, noise_scale_per_chain=None):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state,
+              step_size_per_chain, noise_scale_per_chain)
+    _check_per_chain_values("step_size_per_chain", step_size_per_chain)
+    _check_per_chain_values("noise_scale_per_chain", noise_scale_per_chain)
     _check_inplace_target(x)
     if grad_norm_out is not None:
         _check_grad_norm_out(grad_norm_out, x)
@@ -234,13 +279,13 @@ def _step_inplace_kernel(x, grad, step_size, noise_scale, seed, offset, prior_we
     direct = x.is_contiguous() and not _shares_memory(x, grad) and not _shares_memory(x, noise)
     target = x if direct else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, grad, noise, target, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-            rng_state)
+            rng_state, step_size_per_chain, noise_scale_per_chain)
     if target is not x:
         x.copy_(target)
 
 
 def _routed_step_kernel(x, grad, noise, out, step_size, noise_scale, prior_weight, clamp_lo, clamp_hi,
-                        seed, offset, rng_state):
+                        seed, offset, rng_state, step_size_per_chain=None, noise_scale_per_chain=None):
     """`_routed_step`: the C++ kernels' way to the backend Python selected (eager or triton).
     Callable directly as torch.ops.langevin_kernels._routed_step, so it checks what it indexes."""
     for name, t in (("grad", grad), ("noise", noise), ("out", out)):
@@ -253,8 +298,17 @@ def _routed_step_kernel(x, grad, noise, out, step_size, noise_scale, prior_weigh
         raise RuntimeError("_routed_step: x must be contiguous")
     if rng_state is not None:
         _check_rng_state(rng_state, x)
+    math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows = {t.numel() for t in (step_size_per_chain, noise_scale_per_chain) if t is not None}
+    for name, t in (("step_size_per_chain", step_size_per_chain), ("noise_scale_per_chain", noise_scale_per_chain)):
+        if t is not None and (t.dtype != math_dtype or t.device != x.device or not t.is_contiguous()
+                              or len(rows) > 1 or (x.numel() % t.numel() if t.numel() else x.numel())):
+            raise RuntimeError(f"_routed_step: {name} must be a contiguous {math_dtype} tensor on {x.device} whose "
+                               f"numel divides x's ({x.numel()}), like the other per-chain tensor; got "
+                               f"{t.numel()} elements of {t.dtype} on {t.device}")
     dispatch.run_step(dispatch.select(x.device, x.dtype), x, grad, noise, out, step_size, noise_scale,
-                      prior_weight, clamp_lo, clamp_hi, seed, offset, rng_state)
+                      prior_weight, clamp_lo, clamp_hi, seed, offset, rng_state, step_size_per_chain,
+                      noise_scale_per_chain)
 
 
 for _key in ("CPU", "CUDA"):
@@ -269,15 +323,17 @@ for _key in ("CPU", "CUDA"):
 
 @torch.library.register_fake("langevin_kernels::langevin_step")
 def _step_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise,
-               rng_state):
-    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+               rng_state, step_size_per_chain=None, noise_scale_per_chain=None):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state,
+              step_size_per_chain, noise_scale_per_chain)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("langevin_kernels::langevin_step_")
 def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi,
-                       noise, rng_state, grad_norm_out=None):
-    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state)
+                       noise, rng_state, grad_norm_out=None, step_size_per_chain=None, noise_scale_per_chain=None):
+    _validate(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp_lo, clamp_hi, noise, rng_state,
+              step_size_per_chain, noise_scale_per_chain)
     _check_inplace_target(x, exact=False)
     if grad_norm_out is not None:
         _check_grad_norm_out(grad_norm_out, x)
@@ -286,9 +342,19 @@ def _step_inplace_fake(x, grad, step_size, noise_scale, seed, offset, prior_weig
 
 # ----------------------------------------------------------------------------- autograd
 
+def _per_element(per_chain, scalar: float, like: torch.Tensor):
+    """A coefficient as it multiplies the elements of `like`: the float, or the per-chain
+    tensor viewed as [B, 1, ..., 1] (type promotion gives at least its float type; the backward
+    casts back to the cotangent's dtype)."""
+    if per_chain is None:
+        return scalar
+    return per_chain.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
 def _setup_context(ctx, inputs, output):
-    (_x, _grad, step_size, noise_scale, _seed, _offset, prior_weight, clamp_lo, clamp_hi, noise, _rng) = inputs
-    ctx.coefficients = (step_size, noise_scale, prior_weight)
+    (x, _grad, step_size, noise_scale, _seed, _offset, prior_weight, clamp_lo, clamp_hi, noise, _rng,
+     a_rows, s_rows) = inputs
+    ctx.coefficients = (_per_element(a_rows, step_size, x), _per_element(s_rows, noise_scale, x), prior_weight)
     ctx.bounds = (clamp_lo, clamp_hi)
     ctx.has_noise = noise is not None
     clamped = clamp_lo is not None or clamp_hi is not None
@@ -307,10 +373,12 @@ def _backward(ctx, grad_y):
         if hi is not None:
             free &= y != hi
         grad_y = torch.where(free, grad_y, torch.zeros_like(grad_y))
-    grad_x = grad_y * (1.0 - step_size * prior_weight)
-    grad_grad = grad_y * (-step_size)
-    grad_noise = grad_y * noise_scale if ctx.has_noise else None
-    return grad_x, grad_grad, None, None, None, None, None, None, None, grad_noise, None
+    # Per-chain coefficients are [B, 1, ...] math-type tensors: cast back to grad_y's dtype.
+    grad_x = (grad_y * (1.0 - step_size * prior_weight)).to(grad_y.dtype)
+    grad_grad = (grad_y * (-step_size)).to(grad_y.dtype)
+    grad_noise = (grad_y * noise_scale).to(grad_y.dtype) if ctx.has_noise else None
+    # No gradient flows to the per-chain coefficients (step sizes are settings, not parameters).
+    return grad_x, grad_grad, None, None, None, None, None, None, None, grad_noise, None, None, None
 
 
 torch.library.register_autograd("langevin_kernels::langevin_step", _backward, setup_context=_setup_context)
@@ -345,20 +413,30 @@ def _noise_position(x, grad, seed, offset, noise, noise_scale, rng_state, checke
                     f"where in the noise stream it is; {_NOISE_POSITION_HELP}")
 
 
+def _coefficient(name: str, value) -> tuple[float, torch.Tensor | None]:
+    """(the schema's float, the per-chain tensor or None): a [B] tensor goes to the op's
+    `<name>_per_chain` argument, and the float it replaces is a placeholder (1.0, nonzero so
+    that a per-chain noise scale still counts as drawing noise)."""
+    if isinstance(value, torch.Tensor):
+        return 1.0, value
+    return _as_float(name, value, nonnegative=True), None
+
+
 def _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state):
+    """The op's positional arguments from the public ones; the per-chain tensors come last."""
     # tensor types first: the dispatcher's own message for a non-tensor is less clear
     for name, t in (("x", x), ("grad", grad), ("noise", noise)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     lo, hi = _clamp_bounds(clamp)
-    step_size = _as_float("step_size", step_size, nonnegative=True)
-    noise_scale = _as_float("noise_scale", noise_scale, nonnegative=True)
+    step_size, a_rows = _coefficient("step_size", step_size)
+    noise_scale, s_rows = _coefficient("noise_scale", noise_scale)
     prior_weight = _as_float("prior_weight", prior_weight)
     seed = None if seed is None else _as_int64("seed", seed)
     offset = None if offset is None else _as_int64("offset", offset)
     checked = (step_size, noise_scale, seed or 0, offset or 0, prior_weight, lo, hi)
     seed, offset = _noise_position(x, grad, seed, offset, noise, noise_scale, rng_state, checked)
-    return step_size, noise_scale, seed, offset, prior_weight, lo, hi
+    return (step_size, noise_scale, seed, offset, prior_weight, lo, hi), (a_rows, s_rows)
 
 
 def _plain_bound(b) -> bool:
@@ -399,8 +477,12 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
     Args:
         x: chain state, any shape and strides; float32, float16, bfloat16 or float64.
         grad: dE/dx (E = energy = -log density + const); same shape, dtype and device as x.
-        step_size: drift coefficient a >= 0 (plain Langevin with step delta: a = delta**2 / 2).
-        noise_scale: standard deviation s >= 0 of the injected noise (0: gradient descent).
+        step_size: drift coefficient a >= 0 (plain Langevin with step delta: a = delta**2 / 2),
+            a float, or a 1-D tensor of x.shape[0] values (one per chain, dim 0 of x, broadcast
+            over that chain's elements; a float dtype, on x's device; on the CPU its values are
+            checked finite and >= 0, on CUDA they are not, to avoid a host sync per step).
+        noise_scale: standard deviation s >= 0 of the injected noise (0: gradient descent);
+            a float or a per-chain tensor like step_size.
             For 16/32-bit x the math is float32: |step_size|, noise_scale and |prior_weight|
             must be below 3.4028235e38 (ValueError otherwise); the formula is evaluated as
             written, IEEE rules included (e.g. 0 * inf = NaN).
@@ -415,13 +497,14 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, nois
             ``seed`` and is added to ``offset`` (default 0), read on the device (CUDA-graph safe).
 
     Gradients flow to x, grad and noise: dy/dx = (1 - a lam) m, dy/dgrad = -a m,
-    dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere.
+    dy/dnoise = s m, where m is 0 where the clamp bound and 1 elsewhere (none to per-chain
+    step_size / noise_scale tensors).
     """
     bounds = _plain_call(x, grad, step_size, noise_scale, seed, offset, prior_weight, clamp)
     if bounds is not None:
         return _STEP(x, grad, step_size, noise_scale, seed, offset, prior_weight, *bounds, noise, rng_state)
-    return _STEP(x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp,
-                                    rng_state), noise, rng_state)
+    args, per_chain = _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state)
+    return _STEP(x, grad, *args, noise, rng_state, *per_chain)
 
 
 def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
@@ -446,9 +529,8 @@ def langevin_step_(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noi
         return x
     if isinstance(x, torch.Tensor):
         _check_inplace_target(x, exact=False)
-    _STEP_INPLACE(
-        x, grad, *_op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state),
-        noise, rng_state, grad_norm_out)
+    args, per_chain = _op_args(x, grad, noise, step_size, noise_scale, seed, offset, prior_weight, clamp, rng_state)
+    _STEP_INPLACE(x, grad, *args, noise, rng_state, grad_norm_out, *per_chain)
     return x
 
 

@@ -91,12 +91,15 @@ def philox_bits(counters: torch.Tensor, key0: int, key1: int) -> torch.Tensor:
     return torch.stack(philox4x32_10(*c, key0 & MASK32, key1 & MASK32), dim=1)
 
 
-def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size: float, noise_scale: float,
+def langevin_step(x: torch.Tensor, grad: torch.Tensor, *, step_size, noise_scale,
                   seed: int = 0, offset: int = 0, prior_weight: float = 0.0,
                   clamp_lo: float | None = None, clamp_hi: float | None = None,
                   noise: torch.Tensor | None = None,
                   rng_state: torch.Tensor | None = None) -> torch.Tensor:
-    """y = clamp(x - a (grad + lam x) + s xi, lo, hi), computed in float32 (float64 for float64)."""
+    """y = clamp(x - a (grad + lam x) + s xi, lo, hi), computed in float32 (float64 for float64).
+
+    a and s are floats or tensors that broadcast against x in the math type (per-chain
+    coefficients: shape [B, 1, ..., 1])."""
     math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if noise is None:
         noise = philox_normal(x.numel(), seed=seed, offset=offset, device=x.device,

@@ -132,7 +132,9 @@ def _seed_offset(seed, offset, rng_ptr, HAS_RNG_STATE: tl.constexpr):
 # variant per divisibility class and turn a value of 1 into a compile-time constant.
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _langevin_step_kernel(x_ptr, g_ptr, noise_ptr, y_ptr, numel, a, s, lam, lo, hi, seed, offset, rng_ptr,
-                          HAS_NOISE: tl.constexpr, HAS_RNG_STATE: tl.constexpr, BLOCK: tl.constexpr):
+                          a_ptr, s_ptr, row_len,
+                          HAS_NOISE: tl.constexpr, HAS_RNG_STATE: tl.constexpr, A_PER_CHAIN: tl.constexpr,
+                          S_PER_CHAIN: tl.constexpr, BLOCK: tl.constexpr):
     groups = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     idx = groups[:, None] * 4 + tl.arange(0, 4)[None, :]
     mask = idx < numel
@@ -143,6 +145,10 @@ def _langevin_step_kernel(x_ptr, g_ptr, noise_ptr, y_ptr, numel, a, s, lam, lo, 
     else:
         seed, offset = _seed_offset(seed, offset, rng_ptr, HAS_RNG_STATE)
         xi = _normals_tile(groups, seed, offset, BLOCK)
+    if A_PER_CHAIN:
+        a = tl.load(a_ptr + idx // row_len, mask=mask)
+    if S_PER_CHAIN:
+        s = tl.load(s_ptr + idx // row_len, mask=mask)
     y = x - a * (g + lam * x) + s * xi
     y = tl.where(y < lo, lo, tl.where(y > hi, hi, y))  # comparisons keep NaN, like torch.clamp
     tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -208,15 +214,19 @@ def _check_dtype(x: torch.Tensor) -> None:
                         "cuda, cpp and eager backends")
 
 
-def step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state) -> None:
-    """Write the update into `out` (contiguous tensors of one dtype; out may be x)."""
+def step(x, grad, noise, out, a, s, lam, lo, hi, seed, offset, rng_state, a_rows=None, s_rows=None) -> None:
+    """Write the update into `out` (contiguous tensors of one dtype; out may be x). a_rows / s_rows:
+    optional float32 per-chain coefficients, entry i // (numel / R) for element i."""
     _check_dtype(x)
     numel = x.numel()
+    rows = next((t.numel() for t in (a_rows, s_rows) if t is not None), 0)
+    row_len = numel // rows if rows else 1
     _langevin_step_kernel[_grid(numel, BLOCK_GROUPS)](
         x, grad, noise if noise is not None else x, out, numel, a, s, lam, lo, hi, seed, offset,
         rng_state if rng_state is not None else x,
-        HAS_NOISE=noise is not None, HAS_RNG_STATE=rng_state is not None, BLOCK=BLOCK_GROUPS,
-        num_warps=NUM_WARPS)
+        a_rows if a_rows is not None else x, s_rows if s_rows is not None else x, row_len,
+        HAS_NOISE=noise is not None, HAS_RNG_STATE=rng_state is not None, A_PER_CHAIN=a_rows is not None,
+        S_PER_CHAIN=s_rows is not None, BLOCK=BLOCK_GROUPS, num_warps=NUM_WARPS)
 
 
 def kinetic_step(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state) -> None:

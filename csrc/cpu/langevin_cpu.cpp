@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "../philox.h"
 #include "cpu_kernels.h"
@@ -78,6 +79,16 @@ struct StepParams {
   uint64_t seed, offset;
 };
 
+// Per-chain coefficients (nullptr: the scalar in Coeffs); element i belongs to chain
+// i / row_len. math_t is float, or double for float64 states.
+template <typename math_t>
+struct ChainCoeffs {
+  const math_t* a = nullptr;
+  const math_t* s = nullptr;
+  int64_t row_len = 1;
+  bool any() const { return a != nullptr || s != nullptr; }
+};
+
 // Every tensor the kernels index is checked here: the internal ops are reachable as
 // torch.ops.langevin_kernels._ext_*, and a mismatched call must raise, never read or
 // write past the end of a buffer.
@@ -99,6 +110,18 @@ void check_rng_state(const char* op, const std::optional<at::Tensor>& rng_state)
               st.scalar_type(), " with ", st.numel(), " elements");
   TORCH_CHECK(st.device().is_cpu(), op, ": rng_state is on ", st.device(),
               " but the data is on the CPU; they must be on one device");
+}
+
+// Per-chain coefficients of the raw op: R contiguous values in the math type, R dividing numel.
+void check_per_chain_rows(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                          const at::Tensor& x) {
+  if (!t.has_value()) return;
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(t->device() == x.device() && t->scalar_type() == math && t->is_contiguous(), op, ": ", name,
+              " must be a contiguous ", math, " tensor on ", x.device(), ", got ", t->scalar_type(), " on ",
+              t->device());
+  TORCH_CHECK(t->numel() > 0 ? x.numel() % t->numel() == 0 : x.numel() == 0, op, ": ", name, " has ",
+              t->numel(), " elements, which must divide x's ", x.numel());
 }
 
 StepParams resolve(double a, double s, double lam, double lo, double hi, int64_t seed,
@@ -153,9 +176,29 @@ void step_block<at::Half>(const KernelTable& k, const at::Half* x, const at::Hal
   k.step_f16(bits(x), bits(g), buf, reinterpret_cast<uint16_t*>(y), count, c);
 }
 
+// step_block over elements [i0, i0 + count) of a block whose noise starts at buf, cut at
+// chain boundaries so that each piece runs with its chain's coefficients.
+template <typename scalar_t, typename math_t>
+void step_block_per_chain(const KernelTable& k, const scalar_t* x, const scalar_t* g, const scalar_t* noise,
+                          float* buf, scalar_t* y, int64_t i0, int64_t count, const Coeffs& base,
+                          const ChainCoeffs<math_t>& chains) {
+  for (int64_t i = i0; i < i0 + count;) {
+    const int64_t row = i / chains.row_len;
+    const int64_t end = std::min(i0 + count, (row + 1) * chains.row_len);
+    Coeffs c = base;
+    if (chains.a != nullptr) c.a = static_cast<double>(chains.a[row]);
+    if (chains.s != nullptr) c.s = static_cast<double>(chains.s[row]);
+    // 16-bit explicit noise is widened into buf at the piece's start, so buf is indexed the same way.
+    float* piece_buf = buf + (i - i0);
+    step_block<scalar_t>(k, x + i, g + i, noise ? noise + i : nullptr, piece_buf, y + i, end - i, c);
+    i = end;
+  }
+}
+
 template <typename scalar_t>
 void step_cpu_typed(const at::Tensor& x, const at::Tensor& grad, const at::Tensor* noise,
-                    at::Tensor& out, const StepParams& p) {
+                    at::Tensor& out, const StepParams& p,
+                    const ChainCoeffs<std::conditional_t<std::is_same_v<scalar_t, double>, double, float>>& chains) {
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* gp = grad.data_ptr<scalar_t>();
   const scalar_t* np_ = noise ? noise->data_ptr<scalar_t>() : nullptr;
@@ -169,8 +212,12 @@ void step_cpu_typed(const at::Tensor& x, const at::Tensor& grad, const at::Tenso
       const int64_t i0 = 4 * block;
       const int64_t count = std::min(4 * groups, numel - i0);
       if (np_ == nullptr) k.normals(p.seed, p.offset + static_cast<uint64_t>(block), groups, buf);
-      step_block<scalar_t>(k, xp + i0, gp + i0, np_ ? np_ + i0 : nullptr, buf, yp + i0, count,
-                           p.coeffs);
+      if (chains.any()) {
+        step_block_per_chain(k, xp, gp, np_, buf, yp, i0, count, p.coeffs, chains);
+      } else {
+        step_block<scalar_t>(k, xp + i0, gp + i0, np_ ? np_ + i0 : nullptr, buf, yp + i0, count,
+                             p.coeffs);
+      }
     }
   });
 }
@@ -178,7 +225,9 @@ void step_cpu_typed(const at::Tensor& x, const at::Tensor& grad, const at::Tenso
 void ext_step_cpu(const at::Tensor& x, const at::Tensor& grad, const std::optional<at::Tensor>& noise,
                   at::Tensor out, double step_size, double noise_scale, double prior_weight,
                   double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
-                  const std::optional<at::Tensor>& rng_state) {
+                  const std::optional<at::Tensor>& rng_state,
+                  const std::optional<at::Tensor>& step_size_per_chain,
+                  const std::optional<at::Tensor>& noise_scale_per_chain) {
   constexpr const char* op = "_ext_step";
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
@@ -189,8 +238,22 @@ void ext_step_cpu(const at::Tensor& x, const at::Tensor& grad, const std::option
   const StepParams p = resolve(step_size, noise_scale, prior_weight, clamp_lo, clamp_hi, seed,
                                offset, rng_state);
   const at::Tensor* noise_ptr = noise.has_value() ? &noise.value() : nullptr;
+  check_per_chain_rows(op, "step_size_per_chain", step_size_per_chain, x);
+  check_per_chain_rows(op, "noise_scale_per_chain", noise_scale_per_chain, x);
+  TORCH_CHECK(!(step_size_per_chain.has_value() && noise_scale_per_chain.has_value()) ||
+                  step_size_per_chain->numel() == noise_scale_per_chain->numel(),
+              op, ": step_size_per_chain and noise_scale_per_chain must have one entry per chain each");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "_ext_step_cpu", [&] {
-    step_cpu_typed<scalar_t>(x, grad, noise_ptr, out, p);
+    using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ChainCoeffs<math_t> chains;
+    const auto* rows = step_size_per_chain.has_value() ? &*step_size_per_chain
+                       : noise_scale_per_chain.has_value() ? &*noise_scale_per_chain : nullptr;
+    if (rows != nullptr && x.numel() > 0) {
+      chains.row_len = x.numel() / rows->numel();
+      if (step_size_per_chain.has_value()) chains.a = step_size_per_chain->const_data_ptr<math_t>();
+      if (noise_scale_per_chain.has_value()) chains.s = noise_scale_per_chain->const_data_ptr<math_t>();
+    }
+    step_cpu_typed<scalar_t>(x, grad, noise_ptr, out, p, chains);
   });
 }
 

@@ -71,7 +71,17 @@ struct StepParams {
   uint64_t seed, offset;
   const int64_t* rng_state;  // nullptr: use seed/offset as given
   int64_t numel;
+  // Per-chain coefficients in the math type (nullptr: a, s above); element i is in chain i / row_len.
+  const void* a_per_chain;
+  const void* s_per_chain;
+  int64_t row_len;
 };
+
+// The coefficient of element i: its chain's entry when per-chain values are given.
+template <typename M>
+__device__ __forceinline__ M chain_coeff(const void* per_chain, M scalar, int64_t i, int64_t row_len) {
+  return per_chain == nullptr ? scalar : static_cast<const M*>(per_chain)[i / row_len];
+}
 
 // seed := rng_state[0], offset := rng_state[1] + offset, read on the device.
 __device__ __forceinline__ void resolve_seed_offset(const int64_t* rng_state, uint64_t& seed,
@@ -89,7 +99,8 @@ template <typename T, bool kHasNoise>
 __device__ __forceinline__ void step_elementwise(const T* x, const T* g, const T* noise, T* y,
                                                  int64_t base, int count, uint64_t seed,
                                                  uint64_t offset, math_t<T> a, math_t<T> s,
-                                                 math_t<T> lam, math_t<T> lo, math_t<T> hi) {
+                                                 math_t<T> lam, math_t<T> lo, math_t<T> hi,
+                                                 const StepParams& p) {
   using M = math_t<T>;
   constexpr int kChunk = chunk_elems<T>();
   float n[kChunk];
@@ -99,7 +110,9 @@ __device__ __forceinline__ void step_elementwise(const T* x, const T* g, const T
     const int64_t i = base + k;
     if (!kHasNoise && k % 4 == 0) normals_at(seed, offset + static_cast<uint64_t>(i / 4), n + k);
     const M xi = kHasNoise ? static_cast<M>(noise[i]) : static_cast<M>(n[k]);
-    y[i] = static_cast<T>(langevin_update<M>(static_cast<M>(x[i]), static_cast<M>(g[i]), xi, a, s,
+    const M ai = chain_coeff<M>(p.a_per_chain, a, i, p.row_len);
+    const M si = chain_coeff<M>(p.s_per_chain, s, i, p.row_len);
+    y[i] = static_cast<T>(langevin_update<M>(static_cast<M>(x[i]), static_cast<M>(g[i]), xi, ai, si,
                                              lam, lo, hi));
   }
 }
@@ -123,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t left = p.numel - base;
     if (!kVector || left < kChunk) {
       step_elementwise<T, kHasNoise>(x, g, noise, y, base, static_cast<int>(left < kChunk ? left : kChunk),
-                                     seed, offset, a, s, lam, lo, hi);
+                                     seed, offset, a, s, lam, lo, hi, p);
       continue;
     }
     // Loads first, so they are in flight while Philox runs.
@@ -143,8 +156,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kChunk; ++k) {
       const M xi = kHasNoise ? static_cast<M>(nv.v[k]) : static_cast<M>(n[k]);
+      const M ak = chain_coeff<M>(p.a_per_chain, a, base + k, p.row_len);
+      const M sk = chain_coeff<M>(p.s_per_chain, s, base + k, p.row_len);
       yv.v[k] = static_cast<T>(langevin_update<M>(static_cast<M>(xv.v[k]), static_cast<M>(gv.v[k]),
-                                                  xi, a, s, lam, lo, hi));
+                                                  xi, ak, sk, lam, lo, hi));
     }
     store_chunk(y + base, yv);
   }
@@ -272,10 +287,25 @@ const int64_t* rng_state_ptr(const char* op, const std::optional<at::Tensor>& rn
 
 // ----------------------------------------------------------------------------- ops
 
+// Per-chain coefficients of the raw op: R contiguous values in the math type, R dividing numel.
+const void* per_chain_ptr(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                          const at::Tensor& x) {
+  if (!t.has_value()) return nullptr;
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(t->device() == x.device() && t->scalar_type() == math && t->is_contiguous(), op, ": ", name,
+              " must be a contiguous ", math, " tensor on ", x.device(), ", got ", t->scalar_type(), " on ",
+              t->device());
+  TORCH_CHECK(t->numel() > 0 ? x.numel() % t->numel() == 0 : x.numel() == 0, op, ": ", name, " has ",
+              t->numel(), " elements, which must divide x's ", x.numel());
+  return t->const_data_ptr();
+}
+
 void ext_step_cuda(const at::Tensor& x, const at::Tensor& grad, const std::optional<at::Tensor>& noise,
                    at::Tensor out, double step_size, double noise_scale, double prior_weight,
                    double clamp_lo, double clamp_hi, int64_t seed, int64_t offset,
-                   const std::optional<at::Tensor>& rng_state) {
+                   const std::optional<at::Tensor>& rng_state,
+                   const std::optional<at::Tensor>& step_size_per_chain,
+                   const std::optional<at::Tensor>& noise_scale_per_chain) {
   constexpr const char* op = "_ext_step";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
   TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
@@ -283,9 +313,15 @@ void ext_step_cuda(const at::Tensor& x, const at::Tensor& grad, const std::optio
   check_like_x(op, "out", out, x);
   if (noise.has_value()) check_like_x(op, "noise", *noise, x);
   const c10::cuda::CUDAGuard guard(x.device());
+  const void* a_rows = per_chain_ptr(op, "step_size_per_chain", step_size_per_chain, x);
+  const void* s_rows = per_chain_ptr(op, "noise_scale_per_chain", noise_scale_per_chain, x);
+  TORCH_CHECK(!(a_rows && s_rows) || step_size_per_chain->numel() == noise_scale_per_chain->numel(), op,
+              ": step_size_per_chain and noise_scale_per_chain must have one entry per chain each");
+  const int64_t rows = a_rows ? step_size_per_chain->numel() : s_rows ? noise_scale_per_chain->numel() : 1;
   const StepParams p{step_size, noise_scale, prior_weight, clamp_lo, clamp_hi,
                      static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-                     rng_state_ptr(op, rng_state, x.device()), x.numel()};
+                     rng_state_ptr(op, rng_state, x.device()), x.numel(), a_rows, s_rows,
+                     rows > 0 ? x.numel() / rows : 1};
   if (p.numel == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "_ext_step_cuda", [&] {
     step_typed<scalar_t>(x, grad, noise, out, p);

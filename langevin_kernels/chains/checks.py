@@ -13,6 +13,12 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an int >= 0")
+    return int(value)
+
+
 def _optional_positive(name: str, value) -> float | None:
     if value is None:
         return None

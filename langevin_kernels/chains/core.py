@@ -3,12 +3,16 @@ energy gradient, the ULA step and the K-step loop. MALA (mala.py), the divergenc
 (guard.py) and CUDA-graph capture (graphs.py) are mixed in."""
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..adaptation import DualAveraging
 from ..compiled import DEFAULT_MAX_BLOCK, CompiledRunner, compile_options
-from ..ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance
+from ..ops import _as_int64, langevin_step, langevin_step_, noise_offset_advance, philox_normal
 from ..schedules import resolve_schedule
-from .checks import _broadcast, _check_state, _optional_positive, _per_chain, _positive_int, check_clamp
+from .checks import (_broadcast, _check_state, _non_negative_int, _optional_positive, _per_chain, _positive_int,
+                     check_clamp)
 from .graphs import GraphCapture
 from .guard import DivergenceGuard, _check_on_nonfinite
 from .mala import ACCEPT_SEED_XOR, MalaSteps
@@ -26,7 +30,7 @@ _NOT_DIFFERENTIABLE = ("the energy must be a differentiable function of x; it re
 # later assignment would be ignored or break a run; build a new chain instead.
 _FROZEN = frozenset(("n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales", "prior_weight", "clamp",
                      "grad_clip", "mala", "seed", "capture_graph", "differentiable", "track_stats", "on_nonfinite",
-                     "sigma", "compile", "compile_block"))
+                     "sigma", "compile", "compile_block", "adapt_step_size", "warmup", "target_accept"))
 
 
 def _gradient(energy: torch.Tensor, leaf: torch.Tensor, ones: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -48,7 +52,8 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
-                 on_nonfinite="raise", compile=False, compile_block=None):
+                 on_nonfinite="raise", compile=False, compile_block=None, adapt_step_size=False, warmup=0,
+                 target_accept=0.574):
         self.n_steps = _positive_int("n_steps", n_steps)
         self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
         self.step_sizes = resolve_schedule("step_size", step_size, self.n_steps)
@@ -73,6 +78,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if self.compile and self.differentiable:
             raise ValueError("compile=True cannot be combined with differentiable=True (compiled blocks keep no "
                              "autograd graph across steps); use compile=False")
+        self._set_adaptation(adapt_step_size, warmup, target_accept)
         self._runner = CompiledRunner(self, options, self.compile_block) if self.compile else None
         if self.capture_graph and self.differentiable:
             raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
@@ -121,12 +127,98 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         return self.seed ^ ACCEPT_SEED_XOR
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "offset": self._offset}
+        state = {"seed": self.seed, "offset": self._offset}
+        if self.adapt_step_size and self.step_sizes_per_chain is not None:
+            state["step_sizes_per_chain"] = self.step_sizes_per_chain.clone()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["seed"]) != self.seed:
             raise ValueError(f"state seed={state['seed']} differs from this chain's seed={self.seed}")
         self.offset = int(state["offset"])
+        if "step_sizes_per_chain" in state:
+            self.step_sizes_per_chain = state["step_sizes_per_chain"]
+
+    # --- per-chain step sizes (adapted MALA) -------------------------------------------
+
+    def _set_adaptation(self, adapt_step_size, warmup, target_accept):
+        self.adapt_step_size = bool(adapt_step_size)
+        self.warmup = _non_negative_int("warmup", warmup)
+        if not (isinstance(target_accept, (int, float)) and 0.0 < target_accept < 1.0):
+            raise ValueError(f"target_accept={target_accept!r} must be a number in (0, 1)")
+        self.target_accept = float(target_accept)
+        self._step_sizes_per_chain = None
+        self._chain_coefficients = None
+        if not self.adapt_step_size:
+            return
+        # Each refusal below names a path that would sample with the wrong kernel, not a limitation of the math.
+        if not self.mala:
+            raise ValueError("adapt_step_size=True tunes MALA's acceptance rate and needs mala=True")
+        if len(set(self.step_sizes)) > 1 or len(set(self.noise_scales)) > 1:
+            raise ValueError("adapt_step_size=True needs a constant step_size and noise_scale (numbers, not "
+                             "schedules): they set the initial step and the temperature s**2 / (2 a)")
+        for flag in ("compile", "capture_graph", "differentiable"):
+            if getattr(self, flag):
+                raise NotImplementedError(f"adapt_step_size=True is not implemented with {flag}=True (the per-chain "
+                                          f"steps run on the eager path only); use {flag}=False")
+        self._temperature = self.noise_scales[0] ** 2 / (2.0 * self.step_sizes[0])
+
+    @property
+    def step_sizes_per_chain(self) -> torch.Tensor | None:
+        """The frozen per-chain step sizes a_b ([B], float64) of an adapted chain: None until a run's
+        warm-up tunes them. Assign a saved tensor (or load_state_dict) to sample with them and skip warm-up."""
+        return self._step_sizes_per_chain
+
+    @step_sizes_per_chain.setter
+    def step_sizes_per_chain(self, value) -> None:
+        if not self.adapt_step_size:
+            raise ValueError("step_sizes_per_chain is used only by chains built with adapt_step_size=True")
+        if value is not None:
+            value = torch.as_tensor(value, dtype=torch.float64)
+            if value.dim() != 1 or not bool((torch.isfinite(value) & (value > 0)).all()):
+                raise ValueError(f"step_sizes_per_chain must be a [B] tensor of finite values > 0, got shape "
+                                 f"{tuple(value.shape)}")
+        self._step_sizes_per_chain = value
+        self._chain_coefficients = None
+
+    @property
+    def noise_scales_per_chain(self) -> torch.Tensor | None:
+        """s_b = sqrt(2 T a_b), T = noise_scale**2 / (2 step_size): the temperature the chain was built with."""
+        a = self._step_sizes_per_chain
+        return None if a is None else torch.sqrt(2.0 * self._temperature * a)
+
+    def _coefficients_for(self, x):
+        """(a, s) per chain in x's math type on x's device, cached: no conversion per step."""
+        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cached = self._chain_coefficients
+        if cached is None or cached[0].device != x.device or cached[0].dtype != math_dtype:
+            a = self._step_sizes_per_chain
+            if a.shape[0] != x.shape[0]:
+                raise ValueError(f"step_sizes_per_chain has {a.shape[0]} entries but the state has {x.shape[0]} "
+                                 "chains; one step size per chain")
+            cached = tuple(t.to(device=x.device, dtype=math_dtype) for t in (a, self.noise_scales_per_chain))
+            self._chain_coefficients = cached
+        return cached
+
+    def _warm_up(self, x, base_offset):
+        """`warmup` MALA steps that tune each chain's step by dual averaging toward target_accept,
+        all on the device (no host read per step); then the averaged steps are frozen."""
+        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        initial = torch.full((x.shape[0],), self.step_sizes[0], dtype=torch.float64, device=x.device)
+        adapter = DualAveraging(initial, target_accept=self.target_accept)
+        advance = noise_offset_advance(x.numel())
+        current = self._mala_current(x)
+        scale = math.sqrt(2.0 * self._temperature)
+        for j in range(self.warmup):
+            offset = (base_offset + j * advance) % _U64
+            a = adapter.step_size.to(math_dtype)
+            s = scale * a.sqrt()
+            y = langevin_step(x, current[1], step_size=a, noise_scale=s, seed=self.seed, offset=offset,
+                              prior_weight=self.prior_weight)
+            normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device)
+            x, current, _ = self._mala_accept(x, y, current, a, s, normals, adaptation=adapter)
+        self.step_sizes_per_chain = adapter.final_step_size.detach()
+        return x
 
 
     # --- energy and gradient -----------------------------------------------------------
@@ -193,9 +285,12 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
 
     # --- one step ----------------------------------------------------------------------
 
-    def _op_kwargs(self, k, offset, rng_row):
-        return dict(step_size=self.step_sizes[k], noise_scale=self.noise_scales[k], seed=self.seed,
-                    offset=offset, prior_weight=self.prior_weight, rng_state=rng_row)
+    def _op_kwargs(self, k, offset, rng_row, x=None):
+        a, s = self.step_sizes[k], self.noise_scales[k]
+        if self._step_sizes_per_chain is not None and x is not None:
+            a, s = self._coefficients_for(x)
+        return dict(step_size=a, noise_scale=s, seed=self.seed, offset=offset, prior_weight=self.prior_weight,
+                    rng_state=rng_row)
 
     def _ula_step(self, x, k, offset, rng_state, stat_rows=None):
         """One ULA step; returns (x, this step's record or None).
@@ -296,6 +391,10 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             raise RuntimeError(f"{type(self).__name__}.run needs autograd for dE/dx and cannot run under "
                                "torch.inference_mode(); run it outside (it uses no autograd graph beyond each step)")
         thin = _positive_int("thin", thin)
+        if self.adapt_step_size and self._step_sizes_per_chain is None and self.warmup:
+            # The kept run starts where warm-up ended: the guard's replay and reinit see that state as x0.
+            x0 = self._warm_up(self._start(x0), self._offset)
+            self._offset = (self._offset + self.warmup * noise_offset_advance(x0.numel())) % _U64
         base_offset = self._offset
         if self.capture_graph:
             x, traj, table = self._run_captured(x0, return_trajectory, thin, name)

@@ -9,8 +9,10 @@ from .checks import _broadcast, _per_chain
 ACCEPT_SEED_XOR = 0x9E3779B97F4A7C15  # golden-ratio constant: the accept stream's key differs from the noise key
 
 
-def log_q_ratio(x, y, grad_x, grad_y, step_size: float, noise_scale: float) -> torch.Tensor:
+def log_q_ratio(x, y, grad_x, grad_y, step_size, noise_scale) -> torch.Tensor:
     """log q(x|y) - log q(y|x) per chain for q(y|x) = N(y; x - a G(x), s^2 I).
+
+    step_size a and noise_scale s are floats or per-chain [B] tensors (adapted MALA).
 
     grad_x, grad_y are the full drifts G (clipped energy gradient plus prior term). With
     d = y - x the difference of the two Gaussian exponents is
@@ -21,6 +23,8 @@ def log_q_ratio(x, y, grad_x, grad_y, step_size: float, noise_scale: float) -> t
     if x.dtype in (torch.float16, torch.bfloat16):  # the sums need more than 8-11 mantissa bits
         x, y, grad_x, grad_y = (t.float() for t in (x, y, grad_x, grad_y))
     a, s2 = step_size, noise_scale * noise_scale
+    if isinstance(a, torch.Tensor):   # per-chain: [B] -> [B, 1, ...] over each chain's elements
+        a, s2 = _broadcast(a, x), _broadcast(s2, x)
     terms = (grad_x + grad_y) * ((a / s2) * (y - x) - (a * a / (2 * s2)) * (grad_y - grad_x))
     return _per_chain(terms).sum(1)
 
@@ -39,14 +43,16 @@ class MalaSteps:
     def _mala_step(self, x, k, offset, rng_state, current):
         # The proposal is the unclamped op (a proper Gaussian); the clamp box becomes the
         # target's support instead: proposals outside it are rejected in _mala_accept.
-        y = langevin_step(x, current[1], **self._op_kwargs(k, offset, None if rng_state is None else rng_state[0]))
+        kwargs = self._op_kwargs(k, offset, None if rng_state is None else rng_state[0], x)
+        y = langevin_step(x, current[1], **kwargs)
         normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device,
                                 rng_state=None if rng_state is None else rng_state[1])
-        return self._mala_accept(x, y, current, self.step_sizes[k], self.noise_scales[k], normals)
+        return self._mala_accept(x, y, current, kwargs["step_size"], kwargs["noise_scale"], normals)
 
-    def _mala_accept(self, x, y, current, a, s, normals):
+    def _mala_accept(self, x, y, current, a, s, normals, adaptation=None):
         """MALA's accept test of proposal y from x with the accept stream's normals; returns
-        (state, what the next step carries, this step's record). Shared with compiled blocks."""
+        (state, what the next step carries, this step's record). Shared with compiled blocks.
+        adaptation: a DualAveraging fed each chain's acceptance probability (warm-up only)."""
         energy_x, grad_x, norms_x = current
         energy_y, grad_y, norms_y = self._mala_current(y)
         lam = self.prior_weight
@@ -55,7 +61,12 @@ class MalaSteps:
         # NaN/inf energies make log_alpha NaN or -inf: the comparison rejects them.
         accept = torch.special.log_ndtr(normals) < log_alpha
         if self.clamp is not None:
-            accept = accept & self._inside_box(y)
+            inside = self._inside_box(y)
+            accept = accept & inside
+        if adaptation is not None:
+            # min(1, exp(log_alpha)); a proposal outside the clamp box has probability 0.
+            prob = torch.exp(log_alpha.clamp(max=0.0))
+            adaptation.update(prob if self.clamp is None else prob * inside)
         x = torch.where(_broadcast(accept, x), y, x)
         current = (torch.where(accept, energy_y, energy_x), torch.where(_broadcast(accept, grad_x), grad_y, grad_x),
                    torch.where(accept, norms_y, norms_x))

@@ -56,12 +56,22 @@ class DataChain(_LangevinChain):
             runs and optimizer steps on the energy's parameters reuse the graph. An energy that
             cannot be compiled gives a RuntimeWarning and the chain runs uncompiled
             (``chain.compile_failed`` says why). Runs with ``return_trajectory=True`` run uncompiled.
+        adapt_step_size: with ``mala=True``: one step size per chain, tuned by dual averaging
+            (lk.adaptation.DualAveraging) on the device during ``warmup`` extra MALA steps at the
+            start of the first run, toward acceptance ``target_accept`` (default 0.574), then
+            frozen: the n_steps kept steps (trajectory, stats) use a fixed kernel. ``step_size`` is
+            the initial step; the noise scale follows s_b = sqrt(2 T a_b) with
+            T = noise_scale**2 / (2 step_size). ``chain.step_sizes_per_chain`` ([B]) holds the frozen
+            steps (also in ``state_dict()``); later runs reuse them without warm-up. Eager path only:
+            NotImplementedError with compile, capture_graph or differentiable.
+        warmup, target_accept: see adapt_step_size; warm-up steps advance ``chain.offset`` too.
     """
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, noise_scale,
                  clamp=None, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
                  differentiable=False, track_stats=True, on_nonfinite="raise",
-                 reinit_fn: Callable[[int], torch.Tensor] | None = None, compile=False, compile_block=None):
+                 reinit_fn: Callable[[int], torch.Tensor] | None = None, compile=False, compile_block=None,
+                 adapt_step_size=False, warmup=0, target_accept=0.574):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
         if reinit_fn is not None and not callable(reinit_fn):
@@ -70,7 +80,8 @@ class DataChain(_LangevinChain):
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, clamp=clamp,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
                          differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite,
-                         compile=compile, compile_block=compile_block)
+                         compile=compile, compile_block=compile_block, adapt_step_size=adapt_step_size,
+                         warmup=warmup, target_accept=target_accept)
         if reinit_fn is not None and self.on_nonfinite != "reinit":
             raise ValueError(f"reinit_fn is used only with on_nonfinite='reinit', but on_nonfinite={on_nonfinite!r}")
         self.reinit_fn = reinit_fn
@@ -102,7 +113,7 @@ class LatentChain(_LangevinChain):
 
     The energy is ||x - g(z)||^2 / (2 sigma^2) per chain (gradient by autograd through the
     generator); the prior's gradient z is fused into the op with prior_weight=1. Options as
-    in :class:`DataChain` (no clamp, no reinit_fn): with ``on_nonfinite="reinit"`` a non-finite
+    in :class:`DataChain` (no clamp, no reinit_fn; adapt_step_size included): with ``on_nonfinite="reinit"`` a non-finite
     chain restarts from a draw of the N(0, I) prior, taken from the chain's own Philox stream
     ``lk.philox_normal(z0.numel(), seed=seed ^ REINIT_SEED_XOR, offset=O)`` at the run's start
     offset O (its row of that draw), so reruns from the same (seed, offset) are reproducible.
@@ -110,7 +121,8 @@ class LatentChain(_LangevinChain):
 
     def __init__(self, generator: Callable[[torch.Tensor], torch.Tensor], *, sigma: float, n_steps, step_size,
                  noise_scale, grad_clip=None, mala=False, seed=0, offset=0, capture_graph=False,
-                 differentiable=False, track_stats=True, on_nonfinite="raise", compile=False, compile_block=None):
+                 differentiable=False, track_stats=True, on_nonfinite="raise", compile=False, compile_block=None,
+                 adapt_step_size=False, warmup=0, target_accept=0.574):
         if not callable(generator):
             raise TypeError(f"generator must be callable (z -> x), got {type(generator).__name__}")
         sigma = _optional_positive("sigma", sigma)
@@ -121,7 +133,8 @@ class LatentChain(_LangevinChain):
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, prior_weight=1.0,
                          grad_clip=grad_clip, mala=mala, seed=seed, offset=offset, capture_graph=capture_graph,
                          differentiable=differentiable, track_stats=track_stats, on_nonfinite=on_nonfinite,
-                         compile=compile, compile_block=compile_block)
+                         compile=compile, compile_block=compile_block, adapt_step_size=adapt_step_size,
+                         warmup=warmup, target_accept=target_accept)
 
     @property
     def reinit_seed(self) -> int:

@@ -30,6 +30,7 @@ class ChainStats:
         self._steps = steps
         self._per_chain = per_chain
         self._table = table
+        self._chain_acceptance = None
         self.mala = mala
         self.reinitialized = int(reinitialized)
 
@@ -48,6 +49,8 @@ class ChainStats:
                           else torch.full(energies.shape[:1], float("nan"), device=energies.device))
             self._table = torch.stack([energies.float().mean(1), norms.float().mean(1), acceptance,
                                        bad.sum(1).float()], dim=1)
+            if accepted is not None:   # kept: the per-step decisions are dropped below
+                self._chain_acceptance = accepted.float().mean(0)
             self._steps = self._per_chain = None
         return self._table
 
@@ -57,6 +60,12 @@ class ChainStats:
                 return None
             return self.table[:, STAT_NAMES.index(name)]
         raise AttributeError(name)
+
+    @property
+    def acceptance_per_chain(self) -> torch.Tensor | None:
+        """[B] fraction of the run's steps each chain accepted (device tensor), None for ULA."""
+        _ = self.table   # reduces the per-step records, keeping each chain's acceptance
+        return self._chain_acceptance
 
     @property
     def acceptance_rate(self) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""compile=True for DataChain / LatentChain: K steps as a few compiled blocks of unrolled steps.
+"""compile=True for DataChain / LatentChain / KineticChain: K steps as a few compiled blocks of unrolled steps.
 
 What a chain costs per step at the sizes EBM users run is mostly host work: the energy's
 forward and backward as separate eager ops, the op call, Python. torch.compile removes it
@@ -56,6 +56,8 @@ def compile_options(value) -> dict | None:
 
 class CompiledRunner:
     """Runs a chain's K steps through compiled blocks (owned by the chain; see module docstring)."""
+
+    NOISE_ARG = 1   # position of the [S, ...] noise among _block's arguments
 
     def __init__(self, chain, options: dict, max_block: int):
         self.chain = chain
@@ -170,7 +172,7 @@ class CompiledRunner:
         grad (a trainer's energy), AOT autograd would build and partition a joint forward and
         backward graph that nothing uses (a 20-step MLP block: 105 s to compile vs 23 s)."""
         x = args[0]
-        key = (tuple(x.shape), x.dtype, x.device, args[1].shape[0])
+        key = (tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0])   # block length: a graph each
         if key in self._seen:
             try:   # a warm graph: no config patch (it costs more than a small block's kernel)
                 with torch.no_grad():
@@ -194,3 +196,93 @@ class CompiledRunner:
         log.info("%s: compiled a %d-step block for %s %s in %.1f s", type(self.chain).__name__,
                  key[3], key[0], key[1], seconds)
         return out
+
+
+class KineticRunner(CompiledRunner):
+    """compile=True for KineticChain: blocks of fused BAOAB steps on the pair (x, v).
+
+    The same scheme as the first-order runner (noise drawn outside the graph from the chain's
+    stream, coefficients as tensors so neither a new offset nor a schedule recompiles); the
+    block carries the velocity beside x, and the first step's kick includes the half-kick a
+    persistent velocity still owes from the previous run (KineticChain's docstring)."""
+
+    NOISE_ARG = 2
+
+    def _block(self, x, v, noise, step_sizes, kicks, c1s, c2s):
+        chain = self.chain
+        records = [] if chain.track_stats else None
+        for j in range(noise.shape[0]):
+            energy, grad = chain._energy_and_grad(x)
+            grad, norms = chain._clip(grad)
+            if records is not None:
+                records.append(chain._diagnostics(energy, norms, None))
+            x, v = self._kinetic(x, v, grad, step_sizes[j], kicks[j], c1s[j], c2s[j], noise[j])
+        if records is None:
+            return x, v, None
+        return x, v, [torch.stack(part) if part[0] is not None else None for part in zip(*records)]
+
+    def _kinetic(self, x, v, grad, h, kick, c1, c2, noise):
+        """reference.kinetic_step's formula in its math dtype, then the clamp's reflecting wall."""
+        math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xm, vm = x.to(math_dtype), v.to(math_dtype)
+        h, kick, c1, c2 = (t.to(math_dtype) for t in (h, kick, c1, c2))
+        v1 = vm - kick * grad.to(math_dtype)
+        x1 = xm + (0.5 * h) * v1
+        v2 = c1 * v1 + c2 * noise.to(math_dtype)
+        x2 = x1 + (0.5 * h) * v2
+        if self.chain.clamp is not None:
+            lo, hi = self.chain.clamp
+            clamped = x2.clamp(min=lo, max=hi)
+            v2 = torch.where(clamped != x2, -v2, v2)
+            x2 = clamped
+        return x2.to(x.dtype), v2.to(v.dtype)
+
+    def _plan(self, x):
+        """As the first-order plan, with per-block (h, kick, c1, c2) for both first kicks: a fresh
+        velocity's (h_0 / 2) and a persistent one's (h_{K-1} / 2 + h_0 / 2)."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            chain = self.chain
+            n_steps, S = chain.n_steps, block_length(chain.n_steps, self.max_block)
+            hs = torch.tensor(chain.step_sizes, dtype=torch.float64)
+            kicks = 0.5 * (hs + torch.cat([hs.new_zeros(1), hs[:-1]]))
+            owed_kicks = kicks.clone()
+            owed_kicks[0] += 0.5 * hs[-1]
+            c1s = torch.exp(-chain.friction * hs)
+            c2s = torch.sqrt(-torch.expm1(-2.0 * chain.friction * hs))
+            math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            to = dict(dtype=math_dtype, device=x.device)
+            blocks = [(k0, min(S, n_steps - k0)) for k0 in range(0, n_steps, S)]
+            schedules = {owed: [tuple(t[k0:k0 + n].to(**to) for t in (hs, kk, c1s, c2s)) for k0, n in blocks]
+                         for owed, kk in ((False, kicks), (True, owed_kicks))}
+            row = 4 * noise_offset_advance(x.numel())
+            plan = self._plans[key] = (blocks, schedules, max(1, NOISE_DRAW_NUMBERS // (row * S)))
+        return plan
+
+    def run(self, x, base_offset, rng_state):
+        """The chain's K steps from x with chain.velocity; updates the chain's velocity and owed
+        kick, returns (x, stats buffers or None), or None when the energy could not be compiled."""
+        chain = self.chain
+        blocks, schedules, per_draw = self._plan(x)
+        schedule = schedules[chain._owed_kick != 0.0]
+        v = chain.velocity
+        records = [] if chain.track_stats else None
+        for b, (k0, n) in enumerate(blocks):
+            if b % per_draw == 0:
+                last = blocks[min(b + per_draw, len(blocks)) - 1]
+                span, offset = last[0] + last[1] - k0, (base_offset + k0 * noise_offset_advance(x.numel())) % (1 << 64)
+                noise = self._draws(chain.seed, offset, span, x.numel(), x.numel(), x.device,
+                                    None if rng_state is None else rng_state[0])
+                first = k0
+            j = k0 - first
+            out = self._call(x, v, noise[j:j + n].view(n, *x.shape), *schedule[b])
+            if out is None:
+                return None
+            x, v, block_records = out
+            if records is not None:
+                records.append(block_records)
+        chain.velocity, chain._owed_kick = v, 0.5 * chain.step_sizes[-1]
+        if records is None:
+            return x, None
+        return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))

@@ -350,9 +350,57 @@ def test_chain_errors():
         lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=0.0)
     with pytest.raises(ValueError, match="step 2: step_size=0.0 is not allowed"):
         lk.KineticChain(_energy_2d, n_steps=3, step_size=[0.1, 0.1, 0.0], friction=1.0)
-    for option in ("compile", "capture_graph", "differentiable"):
+    for option in ("capture_graph", "differentiable"):
         with pytest.raises(NotImplementedError, match=option):
             lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0, **{option: True})
+    chain = lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0)
+    with pytest.raises(AttributeError, match="friction is fixed at construction"):
+        chain.friction = 2.0
+
+
+def _double_well(x):
+    return 2 * ((x * x - 1) ** 2).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("options", [dict(clamp=(-1.2, 1.2)), dict(step_size=lk.Linear(0.08, 0.02)),
+                                     dict(track_stats=False, grad_clip=4.0), dict(resample_velocity=True)])
+def test_compiled_chain_equals_uncompiled(options, one_thread):
+    common = dict(n_steps=12, step_size=0.05, friction=2.0, seed=7, offset=5)
+    common.update(options)
+    x0 = torch.randn(16, 3)
+    plain = lk.KineticChain(_double_well, **common)
+    compiled = lk.KineticChain(_double_well, compile={"backend": "aot_eager"}, compile_block=5, **common)
+    for _ in range(3):   # persistent velocities and the owed half-kick carry across runs alike
+        want, got = plain.run(x0), compiled.run(x0)
+        # The same noise and formula; a compiler may reorder float32 arithmetic (a few ulps per step).
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled.velocity, plain.velocity, rtol=1e-5, atol=1e-5)
+        assert compiled.offset == plain.offset
+    assert compiled.compile_failed is None and compiled.compile_seconds > 0
+    if plain.track_stats:
+        torch.testing.assert_close(torch.tensor(compiled.stats.to_dict()["energy_mean"]),
+                                   torch.tensor(plain.stats.to_dict()["energy_mean"]), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_chain_compiles_once_across_runs_and_parameter_updates(one_thread):
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    scale = torch.nn.Parameter(torch.tensor(1.0))
+    chain = lk.KineticChain(lambda x: scale * _double_well(x), n_steps=8, step_size=0.05, friction=1.0,
+                            compile={"backend": counting_backend}, compile_block=4)
+    x0 = torch.randn(32, 2)
+    for _ in range(3):
+        chain.run(x0)
+        with torch.no_grad():
+            scale.mul_(1.1)              # an optimizer step: new value, same tensor
+    assert len(graphs) == 1              # 8 steps = 2 blocks of 4: one graph, fresh and owed first kicks alike
+    chain.run(torch.randn(8, 2))         # a new state shape compiles once more
+    assert len(graphs) == 2
 
 
 def test_chain_nonfinite_guard():

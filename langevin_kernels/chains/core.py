@@ -30,7 +30,7 @@ _NOT_DIFFERENTIABLE = ("the energy must be a differentiable function of x; it re
 # later assignment would be ignored or break a run; build a new chain instead.
 _FROZEN = frozenset(("n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales", "prior_weight", "clamp",
                      "grad_clip", "mala", "seed", "capture_graph", "differentiable", "track_stats", "on_nonfinite",
-                     "sigma", "compile", "compile_block", "adapt_step_size", "warmup", "target_accept"))
+                     "sigma", "compile", "compile_block", "adapt_step_size", "warmup", "target_accept", "friction"))
 
 
 def _gradient(energy: torch.Tensor, leaf: torch.Tensor, ones: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -49,6 +49,8 @@ def _gradient(energy: torch.Tensor, leaf: torch.Tensor, ones: torch.Tensor, crea
 
 class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
     """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
+
+    _compiled_runner = CompiledRunner   # what compile=True runs (KineticChain: its own blocks)
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
@@ -79,7 +81,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             raise ValueError("compile=True cannot be combined with differentiable=True (compiled blocks keep no "
                              "autograd graph across steps); use compile=False")
         self._set_adaptation(adapt_step_size, warmup, target_accept)
-        self._runner = CompiledRunner(self, options, self.compile_block) if self.compile else None
+        self._runner = self._compiled_runner(self, options, self.compile_block) if self.compile else None
         if self.capture_graph and self.differentiable:
             raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
                              "CUDA graph keeps no autograd graph")

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..compiled import KineticRunner
 from ..kinetic_ops import _check_coefficients, kinetic_step_
 from ..ops import philox_normal
 from .checks import _per_chain
@@ -43,22 +44,27 @@ class KineticChain(_LangevinChain):
         resample_velocity: draw fresh N(0, I) velocities at the start of every run (otherwise they
             persist across runs while the state's shape, dtype and device stay the same).
         track_stats, on_nonfinite: as in DataChain (a re-initialised chain also gets a fresh velocity).
-        compile, capture_graph, differentiable: not supported yet; True raises NotImplementedError.
+        compile, compile_block: as in DataChain: the run as compiled blocks of fused steps on
+            (x, v), the same noise stream and velocities as uncompiled (equal to float rounding).
+        capture_graph, differentiable: not supported yet; True raises NotImplementedError.
     """
+
+    _compiled_runner = KineticRunner
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], *, n_steps, step_size, friction,
                  clamp=None, grad_clip=None, seed=0, offset=0, resample_velocity=False, track_stats=True,
-                 on_nonfinite="raise", compile=False, capture_graph=False, differentiable=False):
+                 on_nonfinite="raise", compile=False, compile_block=None, capture_graph=False,
+                 differentiable=False):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
-        for name, value in (("compile", compile), ("capture_graph", capture_graph),
-                            ("differentiable", differentiable)):
+        for name, value in (("capture_graph", capture_graph), ("differentiable", differentiable)):
             if value:
                 raise NotImplementedError(f"KineticChain does not support {name}={value!r} yet; use {name}=False")
         self.energy = energy
         self.friction = float(friction)
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=0.0, clamp=clamp, grad_clip=grad_clip,
-                         seed=seed, offset=offset, track_stats=track_stats, on_nonfinite=on_nonfinite)
+                         seed=seed, offset=offset, track_stats=track_stats, on_nonfinite=on_nonfinite,
+                         compile=compile, compile_block=compile_block)
         for k, h in enumerate(self.step_sizes):
             try:
                 _check_coefficients(h, self.friction, h)
@@ -95,7 +101,8 @@ class KineticChain(_LangevinChain):
         v = self.velocity
         if (self.resample_velocity or v is None or v.shape != x0.shape or v.dtype != x0.dtype
                 or v.device != x0.device):
-            self.velocity = self._fresh_velocity(x0, self._offset).contiguous()
+            # A base tensor, not a view of the flat draw: compiled blocks guard on a view's base.
+            self.velocity = self._fresh_velocity(x0, self._offset).clone()
             self._owed_kick = 0.0
 
     def _ula_step(self, x, k, offset, rng_state, stat_rows=None):

@@ -154,6 +154,7 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
 
 def _plot_samplers(plt, rows: list[common.Row]):
     """Per case: ESS per gradient evaluation (log) of each variant that ran, bias in the label."""
+    from matplotlib import ticker
     cases = list(dict.fromkeys(r.case for r in rows))
     fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(5 * max(1, len(cases)), 4.5), squeeze=False)
     for ax, case in zip(axes[0], cases):
@@ -161,10 +162,12 @@ def _plot_samplers(plt, rows: list[common.Row]):
         values = [r.extra["ess_per_grad"] for r in case_rows]
         ax.barh([r.variant for r in case_rows], values)
         for y, row in enumerate(case_rows):
+            var_err = row.extra["var_rel_err"]
+            var_text = f"{var_err:.0%}" if var_err < 10 else f"{var_err:.0e}x"    # diverged chains: huge
             ax.text(row.extra["ess_per_grad"], y, f" {row.extra['ess_per_grad']:.1e} "
-                    f"(bias {row.extra['mean_bias_sd']:.2f} sd, var err {row.extra['var_rel_err']:.0%})",
-                    va="center", fontsize=7)
+                    f"(bias {row.extra['mean_bias_sd']:.2g} sd, var err {var_text})", va="center", fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())     # a narrow log range labels its minor ticks
         if values:
             ax.set_xlim(min(values) / 2, max(values) * 30)
         ax.set_xlabel("min-coordinate bulk ESS per gradient evaluation (higher is better, log)")

@@ -179,8 +179,8 @@ def per_chain_mala_unavailable() -> str | None:
     """None when this build's DataChain adapts one MALA step per chain (adapt_step_size)."""
     if "adapt_step_size" in inspect.signature(lk.DataChain).parameters:
         return None
-    return ("is not available in this build: DataChain has no adapt_step_size "
-            "(per-chain adaptive MALA is not merged yet)")
+    return ("per-chain adaptive MALA is not available in this build: DataChain has no adapt_step_size "
+            "(branch perchain, not merged yet)")
 
 
 def lk_adaptive_mala(case: SamplerCase, _step) -> Run:

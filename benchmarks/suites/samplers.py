@@ -206,6 +206,7 @@ def _moved_fraction(draws: torch.Tensor) -> float:
 def ebmkit_adaptive_mala(case: SamplerCase, _step) -> Run:
     per = peers.EBMKIT_MALA_GRADS_PER_STEP
     warmup, steps = case.warm_grads // per, case.keep_grads // per
+    torch.manual_seed(SEED)             # ebmkit draws from torch's global generator
     t0 = time.perf_counter()
     draws, step = peers.ebmkit_adaptive_mala(case.energy, case.x0, initial_step=INITIAL_STEP, warmup=warmup,
                                              steps=steps)
@@ -219,6 +220,7 @@ def ebmkit_hmc(case: SamplerCase, step: float) -> Run:
     per = peers.ebmkit_hmc_grads_per_step(HMC_LEAPFROG)
     warmup, steps = case.warm_grads // per, case.keep_grads // per
     h = math.sqrt(2 * step)
+    torch.manual_seed(SEED)
     t0 = time.perf_counter()
     draws = peers.ebmkit_hmc(case.energy, case.x0, step_size=h, leapfrog_steps=HMC_LEAPFROG, warmup=warmup,
                              steps=steps)

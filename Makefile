@@ -43,11 +43,12 @@ lint: build
 demo: build
 	$(PY) -m langevin_kernels.train.demo --out runs/demo
 
-# The peers are optional (torchebm: pip extra "bench"; jax: its CPU wheels); neither changes torch.
+# The peers are optional (torchebm: pip extra "bench"; jax, blackjax, ebmkit: pip extra "peers",
+# the samplers suite's); none changes torch.
 # Results go to runs/bench/; add BENCH_ARGS=--update-results to refresh benchmarks/results/.
 BENCH_ARGS ?=
 bench: build
-	$(PY) -m pip install "torchebm>=0.8,<0.9" jax
+	$(PY) -m pip install "torchebm>=0.8,<0.9" jax blackjax ebmkit
 	$(PY) -m benchmarks.run --suite all --quick --device cpu $(BENCH_ARGS)
 
 clean:

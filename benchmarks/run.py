@@ -1,6 +1,6 @@
 """Report command: run benchmark suites, print a markdown table, write JSON and a PNG chart.
 
-    python -m benchmarks.run --suite step|chain|train|all [--device cpu|cuda] [--quick | --smoke]
+    python -m benchmarks.run --suite step|chain|train|samplers|all [--device cpu|cuda] [--quick | --smoke]
                              [--threads N] [--no-check] [--cases a,b] [--out DIR | --update-results]
     python -m benchmarks.run --render FILE.json [FILE.json ...]     # tables of saved results
 
@@ -29,15 +29,15 @@ from langevin_kernels._optional import pyplot
 
 from .suites import common
 
-SUITES = ("step", "chain", "train")
+SUITES = ("step", "chain", "train", "samplers")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEFAULT_OUT = os.path.join("runs", "bench")
-BASELINE = {"step": "eager", "chain": "eager", "train": "eager-op"}
+BASELINE = {"step": "eager", "chain": "eager", "train": "eager-op", "samplers": "lk ula"}
 
 
 def _suite_module(name: str):
-    from .suites import chain, step, train
-    return {"step": step, "chain": chain, "train": train}[name]
+    from .suites import chain, samplers, step, train
+    return {"step": step, "chain": chain, "train": train, "samplers": samplers}[name]
 
 
 def _fmt(value, spec: str) -> str:
@@ -56,8 +56,29 @@ def _time(seconds) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
+def samplers_table(rows: list[common.Row]) -> str:
+    """The samplers suite's table: mixing per gradient and per second, acceptance, moment bias."""
+    head = ["case", "variant", "grads/chain", "min ESS", "ESS/grad", "vs lk ula", "ESS/s", "accept",
+            "max R-hat", "mean bias (sd)", "var rel err", "wall", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.unavailable:
+            cells = [r.case, r.variant] + ["-"] * (len(head) - 3) + [r.unavailable]
+        else:
+            e = r.extra
+            cells = [r.case, r.variant, e["grads_per_chain"], _fmt(e["ess_min"], ".0f"), _fmt(e["ess_per_grad"], ".2e"),
+                     _fmt(r.speedup_vs_eager, ".2f") + "x", _fmt(e["ess_per_s"], ".0f"), _fmt(e["acceptance"], ".2f"),
+                     _fmt(e["rhat_max"], ".3f"), _fmt(e["mean_bias_sd"], ".3f"), _fmt(e["var_rel_err"], ".3f"),
+                     _time(r.median_s), r.note + (f"; {e['nonfinite_chains']} chains non-finite"
+                                                  if e["nonfinite_chains"] else "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[common.Row], suite: str) -> str:
     """One markdown table for a suite's rows; variants that did not run carry their reason."""
+    if suite == "samplers":
+        return samplers_table(rows)
     step = suite == "step"
     head = ["case", "variant", "median", f"vs {BASELINE[suite]}"]
     head += ["device time", "GB/s", "% of copy"] if step else ["us/step"] if suite == "chain" else []
@@ -87,7 +108,9 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
     plt = pyplot("the benchmark figures")
 
     timed = [r for r in rows if r.median_s]
-    if suite == "step":
+    if suite == "samplers":
+        fig = _plot_samplers(plt, timed)
+    elif suite == "step":
         dtypes = list(dict.fromkeys(r.extra["dtype"] for r in timed))
         fig, axes = plt.subplots(1, max(1, len(dtypes)), figsize=(6 * max(1, len(dtypes)), 4.5), squeeze=False)
         for ax, dtype in zip(axes[0], dtypes):
@@ -127,6 +150,31 @@ def plot(rows: list[common.Row], suite: str, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_samplers(plt, rows: list[common.Row]):
+    """Per case: ESS per gradient evaluation (log) of each variant that ran, bias in the label."""
+    from matplotlib import ticker
+    cases = list(dict.fromkeys(r.case for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(5 * max(1, len(cases)), 4.5), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        case_rows = [r for r in rows if r.case == case and r.extra.get("ess_per_grad", 0) > 0]
+        values = [r.extra["ess_per_grad"] for r in case_rows]
+        ax.barh([r.variant for r in case_rows], values)
+        for y, row in enumerate(case_rows):
+            var_err = row.extra["var_rel_err"]
+            var_text = f"{var_err:.0%}" if var_err < 10 else f"{var_err:.0e}x"    # diverged chains: huge
+            ax.text(row.extra["ess_per_grad"], y, f" {row.extra['ess_per_grad']:.1e} "
+                    f"(bias {row.extra['mean_bias_sd']:.2g} sd, var err {var_text})", va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())     # a narrow log range labels its minor ticks
+        if values:
+            ax.set_xlim(min(values) / 2, max(values) * 30)
+        ax.set_xlabel("min-coordinate bulk ESS per gradient evaluation (higher is better, log)")
+        ax.set_title(case, fontsize=9)
+        ax.invert_yaxis()
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    return fig
 
 
 def _mode(quick: bool, smoke: bool) -> str:

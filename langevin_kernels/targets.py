@@ -5,6 +5,8 @@ Each target is an object with
     energy(x) -> [B]        E(x) = -log p(x) up to a constant, differentiable, for x of shape [B, dim]
     mean, var               exact mean and variance of each coordinate (float64 tensors [dim])
     sample(n, generator)    exact independent draws, [n, dim] float64
+    jax_energy()            the same energy written in jax.numpy (x [B, dim] -> [B]), for peer
+                            libraries that differentiate with JAX (jax is imported only here)
 
 The moments follow from how each density is built, not from numerical integration, so a
 sampler's bias can be measured against them directly.
@@ -12,6 +14,11 @@ sampler's bias can be measured against them directly.
 import math
 
 import torch
+
+
+def _jnp():
+    import jax.numpy as jnp  # an optional peer: imported only when a JAX port is asked for
+    return jnp
 
 __all__ = ["IllConditionedGaussian", "NealsFunnel", "Banana", "GaussianMixture2D"]
 
@@ -39,6 +46,15 @@ class IllConditionedGaussian:
         d = x - self.loc.to(x)
         return 0.5 * ((d @ self.precision.to(x)) * d).sum(-1)
 
+    def jax_energy(self):
+        jnp = _jnp()
+        loc, precision = jnp.asarray(self.loc.numpy()), jnp.asarray(self.precision.numpy())
+
+        def energy(x):
+            d = x - loc.astype(x.dtype)
+            return 0.5 * jnp.sum((d @ precision.astype(x.dtype)) * d, axis=-1)
+        return energy
+
     def sample(self, n, generator=None):
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.loc + (z * self.eigenvalues.sqrt()) @ self.rotation.T
@@ -64,6 +80,15 @@ class NealsFunnel:
         n = rest.shape[1]
         return v ** 2 / (2 * self.scale ** 2) + 0.5 * torch.exp(-v) * (rest ** 2).sum(-1) + 0.5 * n * v
 
+    def jax_energy(self):
+        jnp, scale = _jnp(), self.scale
+
+        def energy(x):
+            v, rest = x[:, 0], x[:, 1:]
+            n = rest.shape[1]
+            return v ** 2 / (2 * scale ** 2) + 0.5 * jnp.exp(-v) * jnp.sum(rest ** 2, axis=-1) + 0.5 * n * v
+        return energy
+
     def sample(self, n, generator=None):
         v = self.scale * torch.randn(n, 1, generator=generator, dtype=torch.float64)
         rest = torch.randn(n, self.dim - 1, generator=generator, dtype=torch.float64) * torch.exp(v / 2)
@@ -87,6 +112,14 @@ class Banana:
         x1, x2 = x[:, 0], x[:, 1]
         return x1 ** 2 / (2 * self.s ** 2) + 0.5 * (x2 - self.b * (x1 ** 2 - self.s ** 2)) ** 2
 
+    def jax_energy(self):
+        s, b = self.s, self.b
+
+        def energy(x):
+            x1, x2 = x[:, 0], x[:, 1]
+            return x1 ** 2 / (2 * s ** 2) + 0.5 * (x2 - b * (x1 ** 2 - s ** 2)) ** 2
+        return energy
+
     def sample(self, n, generator=None):
         z = torch.randn(n, 2, generator=generator, dtype=torch.float64)
         z1 = self.s * z[:, 0]
@@ -109,6 +142,16 @@ class GaussianMixture2D:
     def energy(self, x):
         sq = ((x[:, None, :] - self.centers.to(x)) ** 2).sum(-1)  # [B, 2]
         return -torch.logsumexp(-sq / (2 * self.sigma ** 2), dim=1)
+
+    def jax_energy(self):
+        import jax.scipy.special
+        jnp, sigma = _jnp(), self.sigma
+        centers = jnp.asarray(self.centers.numpy())
+
+        def energy(x):
+            sq = jnp.sum((x[:, None, :] - centers.astype(x.dtype)) ** 2, axis=-1)
+            return -jax.scipy.special.logsumexp(-sq / (2 * sigma ** 2), axis=1)
+        return energy
 
     def sample(self, n, generator=None):
         pick = torch.randint(0, 2, (n,), generator=generator)

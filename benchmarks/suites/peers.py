@@ -202,3 +202,94 @@ def jax_key(seed: int, device: torch.device):
     """A jax.random key on the JAX device matching `device`."""
     import jax
     return jax.device_put(jax.random.key(seed), jax_device(device))
+
+
+# ----------------------------------------------------------------------------- MCMC peers (samplers suite)
+#
+# Both peers take p(x) ~ exp(-E(x)) and a step eps in the same convention as our chains' drift a:
+# x' = x - eps grad E(x) + sqrt(2 eps) xi (ebmkit's MALA; blackjax's overdamped Langevin proposal
+# with grad log p = -grad E). What each costs in gradient evaluations per transition is read off
+# their source (ebmkit 0.16, blackjax 1.7) and stated where it is counted.
+
+EBMKIT_MISSING = "ebmkit is not installed (pip install ebmkit; it imports as `ebm`)"
+BLACKJAX_MISSING = "blackjax is not installed (pip install blackjax; it needs jax)"
+
+
+def ebmkit_unavailable() -> str | None:
+    """None when ebmkit's samplers import, else why not."""
+    if importlib.util.find_spec("ebm") is None:
+        return EBMKIT_MISSING
+    try:
+        from ebm import HMC, AdaptiveMALA  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
+        return f"ebmkit does not import: {type(exc).__name__}: {exc}"
+    return None
+
+
+def blackjax_unavailable(device: torch.device) -> str | None:
+    """None when blackjax imports and JAX has a backend for `device`, else why not."""
+    if importlib.util.find_spec("blackjax") is None:
+        return BLACKJAX_MISSING
+    reason = jax_unavailable(device)
+    if reason:
+        return reason
+    try:
+        import blackjax  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"blackjax does not import: {type(exc).__name__}: {exc}"
+    return None
+
+
+# ebmkit's MALA recomputes E and grad E at the current state in every transition (it caches
+# nothing), so a transition costs 2 gradients; its HMC recomputes the gradient at the start of
+# each trajectory, so a trajectory of L leapfrog steps costs L + 1.
+EBMKIT_MALA_GRADS_PER_STEP = 2
+
+
+def ebmkit_hmc_grads_per_step(leapfrog_steps: int) -> int:
+    return leapfrog_steps + 1
+
+
+def ebmkit_adaptive_mala(energy, x0: torch.Tensor, *, initial_step: float, warmup: int, steps: int):
+    """ebmkit AdaptiveMALA: `warmup` dual-averaging transitions (its own shared step), then
+    `steps` kept ones; returns (kept draws [steps, B, dim], the frozen step)."""
+    from ebm import AdaptiveMALA
+    sampler = AdaptiveMALA(step_size=initial_step, steps=steps, warmup=warmup)
+    trajectory = sampler.sample(energy, x0, return_trajectory=True)
+    return trajectory[1:], sampler.step_size
+
+
+def ebmkit_hmc(energy, x0: torch.Tensor, *, step_size: float, leapfrog_steps: int, warmup: int, steps: int):
+    """ebmkit HMC at a fixed step and trajectory length: `warmup` trajectories discarded, then
+    `steps` kept; returns the kept draws [steps, B, dim]."""
+    from ebm import HMC
+    sampler = HMC(step_size=step_size, leapfrog_steps=leapfrog_steps, steps=steps)
+    x = sampler.sample(energy, x0, steps=warmup) if warmup else x0
+    return sampler.sample(energy, x, return_trajectory=True)[1:]
+
+
+def blackjax_mala(energy, *, step_size: float, warmup: int, steps: int):
+    """run(x0 [B, dim], key) -> (kept positions [steps, B, dim], mean acceptance): blackjax.mala on
+    every chain (jax.vmap) with warm-up and kept steps each in one lax.scan, all in one jax.jit.
+
+    blackjax's MALA state carries log p and its gradient, so a step costs one gradient.
+    """
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    mala = blackjax.mala(lambda x: -energy(x[None])[0], step_size)
+    step = jax.vmap(mala.step)
+
+    def advance(state, key):
+        state, info = step(jax.random.split(key, state.position.shape[0]), state)
+        return state, (state.position, info.is_accepted)
+
+    def run(x0, key):
+        warm_key, keep_key = jax.random.split(key)
+        state = jax.vmap(mala.init)(x0)
+        state, _ = jax.lax.scan(lambda s, k: (advance(s, k)[0], None), state, jax.random.split(warm_key, warmup))
+        _, (positions, accepted) = jax.lax.scan(advance, state, jax.random.split(keep_key, steps))
+        return positions, jnp.mean(accepted)
+
+    return jax.jit(run)

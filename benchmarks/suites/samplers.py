@@ -33,7 +33,6 @@ The variants that reuse lk mala's tuned step do not pay for the tuning in their 
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -175,14 +174,6 @@ def lk_kinetic(case: SamplerCase, _step) -> Run:
                        note=f"BAOAB h={h}, gamma={gamma}, unadjusted")
 
 
-def per_chain_mala_unavailable() -> str | None:
-    """None when this build's DataChain adapts one MALA step per chain (adapt_step_size)."""
-    if "adapt_step_size" in inspect.signature(lk.DataChain).parameters:
-        return None
-    return ("per-chain adaptive MALA is not available in this build: DataChain has no adapt_step_size "
-            "(branch perchain, not merged yet)")
-
-
 def lk_adaptive_mala(case: SamplerCase, _step) -> Run:
     t0 = time.perf_counter()
     warmup = case.warm_grads - 1
@@ -280,8 +271,6 @@ def _peer_reason(name: str, device: torch.device) -> str | None:
         return peers.ebmkit_unavailable()
     if name.startswith("blackjax"):
         return peers.blackjax_unavailable(device)
-    if name == "lk adaptive-mala (per-chain)":
-        return per_chain_mala_unavailable()
     return None
 
 

@@ -1,6 +1,7 @@
 """The CPU demo: dual-MCMC teaching on 8 Gaussians (``python -m langevin_kernels.train.demo``).
 
-Trains the toy2d preset with DEMO_SETTINGS (half-width networks, batch 128, learning rates 2e-3: the same method and
+Trains the toy2d preset with DEMO_SETTINGS (half-width networks, batch 128, learning rates 2e-3, data-chain
+steps s = n = 0.2 at T = 1: the same method and
 chains, about 6x cheaper per iteration, so enough iterations fit in about two minutes on 2 cores)
 and writes, under --out (default runs/demo): density.png (model density exp(-E/T) next to true,
 generator and EBM-chain samples), learning_curve.png (grid KL and MMD^2 against iteration),
@@ -18,7 +19,8 @@ import torch
 
 DEMO_ITERS = 3000
 #: toy2d preset overrides of the demo, chosen by measurement (README, "What make demo shows").
-DEMO_SETTINGS = dict(batch_size=128, width_mult=0.5, lr_energy=2e-3, lr_generator=2e-3, lr_encoder=2e-3, n_eval=2000)
+DEMO_SETTINGS = dict(batch_size=128, width_mult=0.5, lr_energy=2e-3, lr_generator=2e-3, lr_encoder=2e-3, n_eval=2000,
+                     x_step=0.2, x_noise=0.2)
 DEMO_EVALUATIONS = 6  # points of the learning curve
 
 

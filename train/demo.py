@@ -1,8 +1,8 @@
 """The CPU demo: dual-MCMC teaching on 8 Gaussians (``python -m langevin_kernels.train.demo``).
 
-Trains the toy2d preset with DEMO_SETTINGS (half-width networks, batch 128, learning rates 2e-3, data-chain
-steps s = n = 0.2 at T = 1: the same method and
-chains, about 6x cheaper per iteration, so enough iterations fit in about two minutes on 2 cores)
+Trains the toy2d preset with DEMO_SETTINGS (half-width networks, batch 128, learning rates 2e-3,
+data-chain steps s = n = 0.2 at T = 1: the same method and chain lengths, about 6x cheaper per
+iteration, so enough iterations fit in about two minutes on 2 cores)
 and writes, under --out (default runs/demo): density.png (model density exp(-E/T) next to true,
 generator and EBM-chain samples), learning_curve.png (grid KL and MMD^2 against iteration),
 metrics.json (grid KL/TV, MMD^2, modes covered, realistic ratio), losses.csv, config.json,

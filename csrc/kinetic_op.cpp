@@ -96,14 +96,14 @@ const c10::TypedOperatorHandle<RawKinetic>& raw_kinetic(bool native) {
 
 // The native kernels take one dtype; a grad or noise of another dtype than x goes to Python too,
 // where the eager reference computes it (with the selected backend's noise).
-bool runs_native(const KineticArgs& a) {
+bool takes_native_route(const KineticArgs& a) {
   const at::ScalarType t = a.x.scalar_type();
   return langevin::runs_native(a.x) && a.grad.scalar_type() == t &&
          (!a.noise.has_value() || a.noise->scalar_type() == t);
 }
 
 void launch(const KineticArgs& a, const at::Tensor& x_out, const at::Tensor& v_out) {
-  raw_kinetic(runs_native(a))
+  raw_kinetic(takes_native_route(a))
       .call(a.x.contiguous(), a.v.contiguous(), a.grad.contiguous(), contiguous(a.noise), x_out, v_out,
             a.step_size, a.friction, a.kick, a.seed, a.offset, a.rng_state);
 }

@@ -229,3 +229,22 @@ def test_cuda_tensors_run_the_cpp_registered_kernel_natively(monkeypatch):
         routed = lk.langevin_step(x, g, **KW)
     assert calls == ["triton"]
     torch.testing.assert_close(routed, native, rtol=1e-6, atol=1e-6)
+
+
+@needs_ext
+@pytest.mark.gpu
+def test_cuda_kinetic_calls_run_the_cpp_registered_kernel_natively(monkeypatch):
+    if not dispatch._ext_has_cuda():
+        pytest.skip("extension built without CUDA kernels")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("langevin_kernels::kinetic_step_", "CUDA")
+    calls = []
+    real = dispatch.run_kinetic
+    monkeypatch.setattr(dispatch, "run_kinetic", lambda backend, *a: calls.append(backend) or real(backend, *a))
+    x, v, g = (torch.randn(6, 5, device="cuda") for _ in range(3))
+    native = lk.kinetic_step(x, v, g, **KINETIC_KW)          # default on CUDA: the cuda backend, from C++
+    assert calls == []
+    with lk.use_backend("triton"):
+        routed = lk.kinetic_step(x, v, g, **KINETIC_KW)
+    assert calls == ["triton"]
+    for a, b in zip(routed, native):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -120,11 +120,12 @@ full_build() {
     (cd / && "$CUDA_VENV/bin/python" - <<'EOF'
 import torch
 import langevin_kernels  # noqa: F401  (imports _C, which registers the kernels)
-missing = [op for op in ("_ext_step", "_ext_normal", "_ext_philox")
+missing = [op for op in ("_ext_step", "_ext_normal", "_ext_philox", "_ext_kinetic_step", "langevin_step",
+                         "kinetic_step")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"langevin_kernels::{op}", "CUDA")]
 if missing:
     raise SystemExit(f"no CUDA kernel registered for {missing}")
-print(f"   import OK with torch {torch.__version__}: _ext_step/_ext_normal/_ext_philox have CUDA kernels")
+print(f"   import OK with torch {torch.__version__}: the _ext_* and public ops have CUDA kernels")
 EOF
 )
 }

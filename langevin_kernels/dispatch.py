@@ -69,9 +69,10 @@ def set_backend(name: str | None) -> None:
 
 
 def push_routes() -> None:
-    """Tell the C++ op kernels (csrc/step_op.cpp) which (device, dtype) pairs the native kernel
-    runs now; the others go back to Python through `_routed_step`, where select() decides (and
-    raises when a forced backend cannot run the device)."""
+    """Tell the C++ op kernels (csrc/step_op.cpp, csrc/kinetic_op.cpp) which (device, dtype) pairs
+    the native kernels run now; the others go back to Python through `_routed_step` /
+    `_routed_kinetic_step`, where select() decides (and raises when a forced backend cannot run
+    the device)."""
     if _ext_error is not None:
         return
     for device, native in ((torch.device("cpu"), "cpp"), (torch.device("cuda"), "cuda")):

@@ -15,28 +15,39 @@ of step k merged with the leading half-kick of step k+1); a final half-kick v -=
 would only synchronise v, and x_K is exactly BAOAB's. xi is the noise stream of docs/noise.md at
 (seed, offset), ``noise_offset_advance(x.numel())`` counters per call, like ``langevin_step``.
 
-Both are ``torch.library`` custom ops (``torch.ops.langevin_kernels.kinetic_step[_]``) with fake
-kernels (torch.compile) and, for the out-of-place one, an autograd formula (the update is linear
-in x, v, grad and noise). Their Python kernels check the arguments, then run the backend that
-dispatch.select picks for x's device and dtype, as for langevin_step: cpp (csrc/cpu/kinetic_cpu.cpp)
-for CPU tensors, cuda (csrc/cuda/kinetic_cuda.cu) then triton (triton_kernels.py) for CUDA tensors,
-the eager reference (reference.kinetic_step) when the extension is not built; ``lk.use_backend`` and
+Both are ops of the ``langevin_kernels`` library (``torch.ops.langevin_kernels.kinetic_step[_]``).
+When the C++ extension is built, their schemas and CPU/CUDA kernels (every argument check included) are
+C++ (csrc/register.cpp, csrc/kinetic_op.cpp), as for langevin_step; this module adds what only Python can:
+the fake kernels that torch.compile traces with, the autograd formula of the out-of-place op (the update
+is linear in x, v, grad and noise), and ``_routed_kinetic_step``, through which the C++ kernels reach the
+eager and triton backends. Without the extension the same ops are defined here, with Python kernels.
+The backend is the one dispatch.select picks for x's device and dtype: cpp (csrc/cpu/kinetic_cpu.cpp) for
+CPU tensors, cuda (csrc/cuda/kinetic_cuda.cu) then triton (triton_kernels.py) for CUDA tensors, the eager
+reference (reference.kinetic_step) when the extension is not built; ``lk.use_backend`` and
 ``LANGEVIN_BACKEND`` force one. The kernels run one fused pass on contiguous tensors (internal op
-``_ext_kinetic_step``, csrc/register.cpp); other layouts go through contiguous buffers that are
-copied back, and a grad or noise of another dtype than x runs the reference.
+``_ext_kinetic_step``); other layouts go through contiguous buffers that are copied back, and a grad or
+noise of another dtype than x runs the reference.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
 from . import dispatch
-from .ops import _as_int64, _shares_memory, philox_normal
+from .ops import SUPPORTED_DTYPES, _as_int64, _check_rng_state, _shares_memory, philox_normal
 
 _NS = "langevin_kernels"
 _U64_MASK = (1 << 64) - 1
+
+# The C++ library defines the ops when the extension is built; otherwise they are defined here.
+_NATIVE_OPS = dispatch.extension_error() is None
+_ARGS = ("Tensor grad, float step_size, float friction, float kick, int seed, int offset, Tensor? noise, "
+         "Tensor? rng_state")
+_lib = torch.library.Library(_NS, "FRAGMENT")
+if not _NATIVE_OPS:
+    _lib.define(f"kinetic_step(Tensor x, Tensor v, {_ARGS}) -> (Tensor, Tensor)")
+    _lib.define(f"kinetic_step_(Tensor(a!) x, Tensor(b!) v, {_ARGS}) -> ()")
 
 
 def _check_coefficients(step_size: float, friction: float, kick: float) -> None:
@@ -50,7 +61,7 @@ def _check_coefficients(step_size: float, friction: float, kick: float) -> None:
 
 
 def _check_tensors(x, v, grad, noise, rng_state) -> None:
-    if not x.dtype.is_floating_point:
+    if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}; allowed: float16, bfloat16, float32, float64")
     for name, t in (("v", v), ("grad", grad), ("noise", noise)):
         if t is None:
@@ -102,10 +113,7 @@ def _writes_in_place(x, v, grad, noise) -> bool:
     return not any(_shares_memory(t, other) for t in (x, v) for other in (grad, noise))
 
 
-@torch.library.custom_op(f"{_NS}::kinetic_step", mutates_args=())
-def _kinetic_step_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_size: float, friction: float,
-                     kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
-                     rng_state: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_kernel(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
     x_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     v_out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -113,16 +121,7 @@ def _kinetic_step_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_
     return x_out, v_out
 
 
-@_kinetic_step_op.register_fake
-def _(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
-    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
-    return torch.empty_like(x), torch.empty_like(v)
-
-
-@torch.library.custom_op(f"{_NS}::kinetic_step_", mutates_args=("x", "v"))
-def _kinetic_step_inplace_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step_size: float,
-                             friction: float, kick: float, seed: int, offset: int, noise: Optional[torch.Tensor],
-                             rng_state: Optional[torch.Tensor]) -> None:
+def _step_inplace_kernel(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
     if _writes_in_place(x, v, grad, noise):
         _update_into(x, v, grad, noise, x, v, step_size, friction, kick, seed, offset, rng_state)
@@ -134,8 +133,42 @@ def _kinetic_step_inplace_op(x: torch.Tensor, v: torch.Tensor, grad: torch.Tenso
     v.copy_(v_new)
 
 
-@_kinetic_step_inplace_op.register_fake
-def _(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+def _routed_kernel(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state):
+    """`_routed_kinetic_step`: the C++ kernels' way to the backend Python selected (eager or triton),
+    and to the reference for a grad or noise of another dtype than x. Callable directly as
+    torch.ops.langevin_kernels._routed_kinetic_step, so it checks what it indexes."""
+    for name, t in (("v", v), ("grad", grad), ("noise", noise), ("x_out", x_out), ("v_out", v_out)):
+        if t is None:
+            continue
+        if (t.numel() != x.numel() or t.device != x.device or not t.is_contiguous()
+                or (name not in ("grad", "noise") and t.dtype != x.dtype)):
+            raise RuntimeError(f"_routed_kinetic_step: {name} must be a contiguous tensor with x's numel "
+                               f"({x.numel()}) and device ({x.device}), and x's dtype ({x.dtype}) unless it is "
+                               f"grad or noise; got {t.numel()} elements of {t.dtype} on {t.device}")
+    if not x.is_contiguous():
+        raise RuntimeError("_routed_kinetic_step: x must be contiguous")
+    _check_rng_state(rng_state, x)
+    _update_into(x, v, grad, noise, x_out, v_out, step_size, friction, kick, seed, offset, rng_state)
+
+
+for _key in ("CPU", "CUDA"):
+    if _NATIVE_OPS:
+        _lib.impl("_routed_kinetic_step", _routed_kernel, _key)
+    # Python kernels where C++ has none: everywhere without the extension, and CUDA tensors when
+    # the extension was built without its CUDA kernels.
+    if not _NATIVE_OPS or not torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NS}::kinetic_step", _key):
+        _lib.impl("kinetic_step", _step_kernel, _key)
+        _lib.impl("kinetic_step_", _step_inplace_kernel, _key)
+
+
+@torch.library.register_fake(f"{_NS}::kinetic_step")
+def _step_fake(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
+    _check(x, v, grad, step_size, friction, kick, noise, rng_state)
+    return torch.empty_like(x), torch.empty_like(v)
+
+
+@torch.library.register_fake(f"{_NS}::kinetic_step_")
+def _step_inplace_fake(x, v, grad, step_size, friction, kick, seed, offset, noise, rng_state):
     _check(x, v, grad, step_size, friction, kick, noise, rng_state)
 
 
@@ -155,7 +188,7 @@ def _backward(ctx, grad_x, grad_v):
     return grad_x, through_v, -kick * through_v, None, None, None, None, None, grad_noise, None
 
 
-_kinetic_step_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(f"{_NS}::kinetic_step", _backward, setup_context=_setup_context)
 
 
 def _coerce(step_size, friction, kick, seed, offset, noise, rng_state):
@@ -167,13 +200,17 @@ def _coerce(step_size, friction, kick, seed, offset, noise, rng_state):
     return float(step_size), float(friction), float(kick), seed, offset
 
 
+_STEP = torch.ops.langevin_kernels.kinetic_step.default
+_STEP_INPLACE = torch.ops.langevin_kernels.kinetic_step_.default
+
+
 def kinetic_step(x, v, grad, *, step_size, friction, kick, seed=None, offset=0, noise=None, rng_state=None):
     """Out-of-place, differentiable fused kinetic-Langevin call; returns (x_new, v_new). See the module doc."""
     args = _coerce(step_size, friction, kick, seed, offset, noise, rng_state)
-    return _kinetic_step_op(x, v, grad, *args, noise, rng_state)
+    return _STEP(x, v, grad, *args, noise, rng_state)
 
 
 def kinetic_step_(x, v, grad, *, step_size, friction, kick, seed=None, offset=0, noise=None, rng_state=None):
     """In-place fused kinetic-Langevin call on x and v (the sampler's form). See the module doc."""
     args = _coerce(step_size, friction, kick, seed, offset, noise, rng_state)
-    _kinetic_step_inplace_op(x, v, grad, *args, noise, rng_state)
+    _STEP_INPLACE(x, v, grad, *args, noise, rng_state)

@@ -256,7 +256,43 @@ def test_the_public_ops_run_the_selected_backend(monkeypatch):
     with lk.use_backend("eager"):
         kinetic_step(x, x, x, step_size=H, friction=GAMMA, kick=H, seed=0)
     kinetic_step(x, x, x.double(), step_size=H, friction=GAMMA, kick=H, seed=0)   # mixed dtypes: the reference
-    assert seen == ["cpp", "eager", "eager"]
+    # The cpp call runs _ext_kinetic_step from the C++ kernel (csrc/kinetic_op.cpp), never reaching
+    # Python; the others come back through _routed_kinetic_step.
+    assert seen == ["eager", "eager"]
+
+
+# Calls of the public ops that bypass the Python wrapper: the C++ kernels (csrc/kinetic_op.cpp) check
+# every argument themselves, with the wrapper's messages, and never read past a buffer.
+_BAD_OP_CALLS = {
+    "short v": (dict(v=torch.zeros(3)), ValueError, r"v has shape \(3,\) but x has shape \(4, 2\)"),
+    "v dtype": (dict(v=torch.zeros(4, 2, dtype=torch.float64)), TypeError,
+                "v has dtype torch.float64 but x has dtype torch.float32; they must match"),
+    "short grad": (dict(grad=torch.zeros(8)), ValueError, r"grad has shape \(8,\) but x has shape"),
+    "short noise": (dict(noise=torch.zeros(4, 1)), ValueError, r"noise has shape \(4, 1\) but x has shape"),
+    "int x": (dict(x=torch.zeros(4, 2, dtype=torch.int32), v=torch.zeros(4, 2, dtype=torch.int32)), TypeError,
+              "x has dtype torch.int32; allowed: float16, bfloat16, float32, float64"),
+    "friction 0": (dict(friction=0.0), ValueError, "friction=0.0 is not allowed"),
+    "negative kick": (dict(kick=-0.5), ValueError, r"kick=-0.5 is not allowed"),
+    "inf step": (dict(step_size=float("inf")), ValueError, "step_size=inf is not allowed"),
+    "3-element rng_state": (dict(rng_state=torch.zeros(3, dtype=torch.int64)), ValueError,
+                            r"rng_state must be an int64 tensor of shape \[2\] on (cpu|meta) \(seed, base offset\); "
+                            r"got torch.int64 shape \(3,\) on (cpu|meta)"),
+}
+
+
+@pytest.mark.parametrize("op", ["kinetic_step", "kinetic_step_"])
+@pytest.mark.parametrize("bad", list(_BAD_OP_CALLS), ids=list(_BAD_OP_CALLS))
+def test_public_ops_called_directly_refuse_mismatched_arguments(op, bad):
+    change, error, match = _BAD_OP_CALLS[bad]
+    args = dict(x=torch.zeros(4, 2), v=torch.zeros(4, 2), grad=torch.zeros(4, 2), step_size=H, friction=GAMMA,
+                kick=H, seed=0, offset=0, noise=None, rng_state=None) | change
+    before = args["v"].clone()
+    with pytest.raises(error, match=match):
+        getattr(torch.ops.langevin_kernels, op)(*args.values())
+    assert torch.equal(args["v"], before)   # nothing written
+    with pytest.raises(error, match=match):   # the fake kernel (torch.compile's) words it alike
+        getattr(torch.ops.langevin_kernels, op)(*(t.to("meta") if isinstance(t, torch.Tensor) else t
+                                                  for t in args.values()))
 
 
 def _ext_args(n=8, dtype=torch.float32, device="cpu"):

@@ -11,9 +11,9 @@ NOISE_DRAW_NUMBERS normals (a short run's whole noise; exactly the normals the u
 draws, step by step), so compiled and uncompiled runs agree to float rounding. A run's only
 Python work is per block (a warm block is called without torch._dynamo.config.patch, which
 costs more than a small block's kernel), so per-step cost falls with the block length.
-Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, nor an
-optimizer step on the energy's parameters recompiles; a new state shape, dtype or block
-length does (once each).
+Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, adapted MALA's
+per-chain steps ([S, B] instead of [S]; its warm-up runs eagerly), nor an optimizer step on the
+energy's parameters recompiles; a new state shape, dtype or block length does (once each).
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ class CompiledRunner:
     # --- the graph ---------------------------------------------------------------------
 
     def _block(self, x, noise, accept_normals, step_sizes, noise_scales):
-        """len(noise) steps from x; returns x and, with stats, the [S, B] per-chain records
+        """len(noise) steps from x with step_sizes / noise_scales [S] (shared) or [S, B] (per chain);
+        returns x and, with stats, the [S, B] per-chain records
         (energy, grad norm, and for MALA accept decisions and bad proposals; None where unused).
 
         (Writing the records into rows of caller-provided buffers instead was tried: the

@@ -182,3 +182,14 @@ def test_adapted_latent_chain_compiled_equals_uncompiled(one_thread):
     compiled = lk.LatentChain(gen, compile={"backend": "aot_eager"}, **common)
     torch.testing.assert_close(compiled.run(z0, x), plain.run(z0, x), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(compiled.step_sizes_per_chain, plain.step_sizes_per_chain, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_inductor_adapted_mala_equals_uncompiled(one_thread):
+    target = IllConditionedGaussian()
+    x0 = target.sample(32, generator=torch.Generator().manual_seed(2))
+    plain, compiled = _adapted(target.energy, n_steps=8), _adapted(target.energy, n_steps=8, compile=True,
+                                                                      compile_block=4)
+    torch.testing.assert_close(compiled.run(x0), plain.run(x0), rtol=1e-10, atol=1e-10)
+    assert compiled.compile_failed is None
+    assert torch.equal(compiled.stats.acceptance_per_chain, plain.stats.acceptance_per_chain)

@@ -11,9 +11,9 @@ NOISE_DRAW_NUMBERS normals (a short run's whole noise; exactly the normals the u
 draws, step by step), so compiled and uncompiled runs agree to float rounding. A run's only
 Python work is per block (a warm block is called without torch._dynamo.config.patch, which
 costs more than a small block's kernel), so per-step cost falls with the block length.
-Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, nor an
-optimizer step on the energy's parameters recompiles; a new state shape, dtype or block
-length does (once each).
+Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, adapted MALA's
+per-chain steps ([S, B] instead of [S]; its warm-up runs eagerly), nor an optimizer step on the
+energy's parameters recompiles; a new state shape, dtype or block length does (once each).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from .chains.checks import _broadcast
 from .ops import noise_offset_advance, philox_normal
 
 log = logging.getLogger("langevin_kernels")
@@ -71,7 +72,8 @@ class CompiledRunner:
     # --- the graph ---------------------------------------------------------------------
 
     def _block(self, x, noise, accept_normals, step_sizes, noise_scales):
-        """len(noise) steps from x; returns x and, with stats, the [S, B] per-chain records
+        """len(noise) steps from x with step_sizes / noise_scales [S] (shared) or [S, B] (per chain);
+        returns x and, with stats, the [S, B] per-chain records
         (energy, grad norm, and for MALA accept decisions and bad proposals; None where unused).
 
         (Writing the records into rows of caller-provided buffers instead was tried: the
@@ -97,6 +99,8 @@ class CompiledRunner:
     def _update(self, x, grad, a, s, noise, clamp):
         """The op's formula in its math dtype (float32, float64 for float64 states)."""
         math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if a.dim():   # adapted MALA's per-chain [B] (a_b, s_b), over each chain's elements
+            a, s = _broadcast(a, x), _broadcast(s, x)
         xm = x.to(math_dtype)
         y = xm - a.to(math_dtype) * (grad.to(math_dtype) + self.chain.prior_weight * xm) + s.to(math_dtype) * noise
         if clamp is not None:
@@ -128,6 +132,20 @@ class CompiledRunner:
             plan = self._plans[key] = (blocks, schedule, per_draw)
         return plan
 
+    def _per_chain_schedule(self, x, blocks):
+        """The frozen per-chain (a_b, s_b) of an adapted MALA chain as [n, B] rows per block, or None
+        (the shared schedule). Rebuilt when the chain's per-chain values change: they are graph
+        inputs, so new values (a warm-up, an assignment, load_state_dict) never recompile."""
+        if self.chain._step_sizes_per_chain is None:
+            return None
+        coefficients = self.chain._coefficients_for(x)   # cached by the chain until its values change
+        cached = self.__dict__.get("_rows")
+        if cached is None or cached[0] is not coefficients or cached[1] != blocks:
+            longest = max(n for _, n in blocks)
+            a, s = (t.expand(longest, -1).contiguous() for t in coefficients)
+            cached = self._rows = (coefficients, blocks, [(a[:n], s[:n]) for _, n in blocks])
+        return cached[2]
+
     def _draws(self, seed, offset, n_steps, numel, keep, device, rng_row):
         """[n_steps, keep] normals: row j = philox_normal(keep, seed, offset + j * advance)."""
         advance = noise_offset_advance(numel)
@@ -143,6 +161,7 @@ class CompiledRunner:
         records are concatenated once at the end into [n_steps, B] buffers for ChainStats."""
         chain = self.chain
         blocks, schedule, per_draw = self._plan(x)
+        schedule = self._per_chain_schedule(x, blocks) or schedule
         advance, numel, batch = noise_offset_advance(x.numel()), x.numel(), x.shape[0]
         rows = (None, None) if rng_state is None else (rng_state[0], rng_state[1])
         records = [] if chain.track_stats else None
@@ -172,7 +191,9 @@ class CompiledRunner:
         grad (a trainer's energy), AOT autograd would build and partition a joint forward and
         backward graph that nothing uses (a 20-step MLP block: 105 s to compile vs 23 s)."""
         x = args[0]
-        key = (tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0])   # block length: a graph each
+        # a graph each per block length, and per schedule rank (shared [S] or per-chain [S, B] steps)
+        key = (tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0],
+               tuple(t.dim() for t in args if isinstance(t, torch.Tensor)))
         if key in self._seen:
             try:   # a warm graph: no config patch (it costs more than a small block's kernel)
                 with torch.no_grad():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import langevin_kernels as lk
+from langevin_kernels.targets import IllConditionedGaussian
 
 
 class CountingBackend:
@@ -126,3 +127,69 @@ def test_noise_drawn_in_chunks_equals_one_draw(one_thread, monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=0)           # same graph, same normals: bit-equal
     assert chain._runner._plan(x0)[2] == 1
     assert chain.stats.acceptance.shape == (12,)
+
+
+# ----------------------------------------------------------------------------- adapted per-chain MALA
+
+def _adapted(energy, **kwargs):
+    options = dict(n_steps=12, step_size=0.01, noise_scale=0.02 ** 0.5, mala=True, adapt_step_size=True,
+                   warmup=40, seed=4)
+    options.update(kwargs)
+    return lk.DataChain(energy, **options)
+
+
+@pytest.mark.parametrize("clamp", [None, (-3.0, 3.0)])
+def test_adapted_mala_compiled_equals_uncompiled(clamp, one_thread):
+    """Warm-up (eager in both) tunes the same per-chain steps; the kept steps then run as compiled
+    blocks with [B] step sizes and noise scales: same states, same accept decisions."""
+    target = IllConditionedGaussian()
+    x0 = target.mean + torch.logspace(-2, 1, 16, dtype=torch.float64)[:, None] * torch.randn(16, 10, dtype=torch.float64)
+    plain = _adapted(target.energy, clamp=clamp)
+    compiled = _adapted(target.energy, clamp=clamp, compile={"backend": "aot_eager"}, compile_block=5)
+    for _ in range(2):   # the first run adapts, the second reuses the frozen steps
+        want, got = plain.run(x0), compiled.run(x0)
+        torch.testing.assert_close(compiled.step_sizes_per_chain, plain.step_sizes_per_chain, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        assert compiled.offset == plain.offset
+        assert torch.equal(compiled.stats.acceptance_per_chain, plain.stats.acceptance_per_chain)
+    assert compiled.compile_failed is None
+    assert len(set(plain.step_sizes_per_chain.tolist())) > 1     # really per-chain steps
+
+
+def test_new_per_chain_steps_do_not_recompile(one_thread):
+    """Per-chain steps are graph inputs: assigning new ones (or loading them) reuses the graph,
+    and each run equals the uncompiled chain with the same steps."""
+    torch._dynamo.reset()
+    counter = CountingBackend()
+    target = IllConditionedGaussian()
+    x0 = target.sample(8, generator=torch.Generator().manual_seed(1)).float()
+    compiled = _adapted(target.energy, warmup=0, compile={"backend": counter}, compile_block=4)
+    plain = _adapted(target.energy, warmup=0)
+    for scale in (1.0, 0.3, 2.0):
+        steps = scale * torch.logspace(-3, -1, 8, dtype=torch.float64)
+        compiled.step_sizes_per_chain = plain.step_sizes_per_chain = steps
+        torch.testing.assert_close(compiled.run(x0), plain.run(x0), rtol=1e-5, atol=1e-5)
+        assert torch.equal(compiled.stats.acceptance_per_chain, plain.stats.acceptance_per_chain)
+    assert counter.graphs == 1          # 12 steps = 3 blocks of 4, three sets of steps: one graph
+
+
+def test_adapted_latent_chain_compiled_equals_uncompiled(one_thread):
+    gen = nn.Linear(3, 5).double()
+    z0, x = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
+    common = dict(sigma=0.5, n_steps=6, step_size=0.01, noise_scale=0.02 ** 0.5, mala=True, adapt_step_size=True,
+                  warmup=20, seed=2)
+    plain = lk.LatentChain(gen, **common)
+    compiled = lk.LatentChain(gen, compile={"backend": "aot_eager"}, **common)
+    torch.testing.assert_close(compiled.run(z0, x), plain.run(z0, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(compiled.step_sizes_per_chain, plain.step_sizes_per_chain, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_inductor_adapted_mala_equals_uncompiled(one_thread):
+    target = IllConditionedGaussian()
+    x0 = target.sample(32, generator=torch.Generator().manual_seed(2))
+    plain, compiled = _adapted(target.energy, n_steps=8), _adapted(target.energy, n_steps=8, compile=True,
+                                                                      compile_block=4)
+    torch.testing.assert_close(compiled.run(x0), plain.run(x0), rtol=1e-10, atol=1e-10)
+    assert compiled.compile_failed is None
+    assert torch.equal(compiled.stats.acceptance_per_chain, plain.stats.acceptance_per_chain)

@@ -159,10 +159,11 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if len(set(self.step_sizes)) > 1 or len(set(self.noise_scales)) > 1:
             raise ValueError("adapt_step_size=True needs a constant step_size and noise_scale (numbers, not "
                              "schedules): they set the initial step and the temperature s**2 / (2 a)")
-        for flag in ("compile", "capture_graph", "differentiable"):
+        for flag in ("capture_graph", "differentiable"):
             if getattr(self, flag):
-                raise NotImplementedError(f"adapt_step_size=True is not implemented with {flag}=True (the per-chain "
-                                          f"steps run on the eager path only); use {flag}=False")
+                raise NotImplementedError(f"adapt_step_size=True is not implemented with {flag}=True (warm-up and "
+                                          f"per-chain steps run eagerly or, with compile=True, in compiled blocks); "
+                                          f"use {flag}=False")
         self._temperature = self.noise_scales[0] ** 2 / (2.0 * self.step_sizes[0])
 
     @property
@@ -204,7 +205,9 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
 
     def _warm_up(self, x, base_offset):
         """`warmup` MALA steps that tune each chain's step by dual averaging toward target_accept,
-        all on the device (no host read per step); then the averaged steps are frozen."""
+        all on the device (no host read per step); then the averaged steps are frozen.
+        Eager also with compile=True: it runs once per chain, and compiling it would cost more
+        than it saves (docs/chains.md, "Adapted per-chain MALA in DataChain")."""
         math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         initial = torch.full((x.shape[0],), self.step_sizes[0], dtype=torch.float64, device=x.device)
         adapter = DualAveraging(initial, target_accept=self.target_accept)

@@ -62,8 +62,10 @@ class DataChain(_LangevinChain):
             frozen: the n_steps kept steps (trajectory, stats) use a fixed kernel. ``step_size`` is
             the initial step; the noise scale follows s_b = sqrt(2 T a_b) with
             T = noise_scale**2 / (2 step_size). ``chain.step_sizes_per_chain`` ([B]) holds the frozen
-            steps (also in ``state_dict()``); later runs reuse them without warm-up. Eager path only:
-            NotImplementedError with compile, capture_graph or differentiable.
+            steps (also in ``state_dict()``); later runs reuse them without warm-up. With
+            ``compile=True`` the warm-up runs eagerly and the kept steps in compiled blocks (the
+            per-chain steps are graph inputs: new values do not recompile). NotImplementedError
+            with capture_graph or differentiable.
         warmup, target_accept: see adapt_step_size; warm-up steps advance ``chain.offset`` too.
     """
 

@@ -286,7 +286,12 @@ class KineticRunner(CompiledRunner):
         kick, returns (x, stats buffers or None), or None when the energy could not be compiled."""
         chain = self.chain
         blocks, schedules, per_draw = self._plan(x)
-        schedule = schedules[chain._owed_kick != 0.0]
+        if chain._owed_on_device is None:
+            schedule = schedules[chain._owed_kick != 0.0]
+        else:   # a captured run: the owed kick is read on the device, so every replay sees its own
+            schedule = list(schedules[False])
+            h, kicks, c1, c2 = schedule[0]
+            schedule[0] = (h, torch.cat([kicks[:1] + chain._owed_on_device.to(kicks.dtype), kicks[1:]]), c1, c2)
         v = chain.velocity
         records = [] if chain.track_stats else None
         for b, (k0, n) in enumerate(blocks):
@@ -303,7 +308,8 @@ class KineticRunner(CompiledRunner):
             x, v, block_records = out
             if records is not None:
                 records.append(block_records)
-        chain.velocity, chain._owed_kick = v, 0.5 * chain.step_sizes[-1]
+        chain.velocity.copy_(v)   # in place: under capture_graph the velocity is the graph's static buffer
+        chain._owed_kick = 0.5 * chain.step_sizes[-1]
         if records is None:
             return x, None
         return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))

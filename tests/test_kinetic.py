@@ -386,9 +386,10 @@ def test_chain_errors():
         lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=0.0)
     with pytest.raises(ValueError, match="step 2: step_size=0.0 is not allowed"):
         lk.KineticChain(_energy_2d, n_steps=3, step_size=[0.1, 0.1, 0.0], friction=1.0)
-    for option in ("capture_graph", "differentiable"):
-        with pytest.raises(NotImplementedError, match=option):
-            lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0, **{option: True})
+    with pytest.raises(NotImplementedError, match="differentiable"):
+        lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0, differentiable=True)
+    with pytest.raises(ValueError, match="capture_graph=True needs CUDA tensors"):
+        lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0, capture_graph=True).run(torch.zeros(4, 2))
     chain = lk.KineticChain(_energy_2d, n_steps=3, step_size=H, friction=1.0)
     with pytest.raises(AttributeError, match="friction is fixed at construction"):
         chain.friction = 2.0
@@ -416,6 +417,32 @@ def test_compiled_chain_equals_uncompiled(options, one_thread):
     if plain.track_stats:
         torch.testing.assert_close(torch.tensor(compiled.stats.to_dict()["energy_mean"]),
                                    torch.tensor(plain.stats.to_dict()["energy_mean"]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [dict(), dict(clamp=(-1.2, 1.2), step_size=lk.Linear(0.08, 0.02)),
+                                     dict(resample_velocity=True), dict(compile=True)],
+                         ids=["plain", "clamp-schedule", "resample", "compiled"])
+def test_captured_chain_equals_uncompiled(options):
+    """Replays continue BAOAB exactly as eager runs do: persistent velocities, the owed half-kick
+    (fresh for the first replay, h/2 after), a velocity reset between replays."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+    common = dict(n_steps=12, step_size=0.05, friction=2.0, seed=7, offset=5)
+    common.update(options)
+    compile_ = common.pop("compile", False)
+    x0 = torch.randn(16, 3, device="cuda")
+    plain = lk.KineticChain(_double_well, **common)
+    captured = lk.KineticChain(_double_well, capture_graph=True, compile=compile_, **common)
+    for run in range(4):
+        if run == 2:
+            plain.reset_velocity()
+            captured.reset_velocity()
+        want, got = plain.run(x0), captured.run(x0)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(captured.velocity, plain.velocity, rtol=1e-5, atol=1e-5)
+        assert captured.offset == plain.offset
+    assert captured._graph is not None   # the runs above were replays, not eager fallbacks
 
 
 def test_compiled_chain_compiles_once_across_runs_and_parameter_updates(one_thread):

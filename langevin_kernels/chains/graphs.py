@@ -21,6 +21,12 @@ class GraphCapture:
     def _graph_extra_key(self):
         return ()
 
+    def _before_replay(self) -> None:
+        """Hook: bring state the graph reads but x0 does not carry into its static buffers."""
+
+    def _after_replay(self) -> None:
+        """Hook: host-side bookkeeping of what the replayed run did."""
+
     def _run_captured(self, x0, return_trajectory, thin, name):
         if x0.device.type != "cuda":
             raise ValueError(f"capture_graph=True needs CUDA tensors, but {name} is on {x0.device}; "
@@ -29,7 +35,9 @@ class GraphCapture:
         if self._graph is None or self._graph_key != key:
             self._capture(x0, key, return_trajectory, thin)
         self._static_x0.copy_(x0)
+        self._before_replay()
         self._graph.replay()
+        self._after_replay()
         self._offset = (self._offset + self.n_steps * noise_offset_advance(x0.numel())) % _U64
         x, traj, stats = self._static_out
         return (x.clone(), None if traj is None else traj.clone(),

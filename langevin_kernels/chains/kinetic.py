@@ -46,7 +46,11 @@ class KineticChain(_LangevinChain):
         track_stats, on_nonfinite: as in DataChain (a re-initialised chain also gets a fresh velocity).
         compile, compile_block: as in DataChain: the run as compiled blocks of fused steps on
             (x, v), the same noise stream and velocities as uncompiled (equal to float rounding).
-        capture_graph, differentiable: not supported yet; True raises NotImplementedError.
+        capture_graph: as in DataChain (CUDA): the run is captured once and replayed; the velocity
+            lives in the graph's static buffer (``chain.velocity`` is that buffer afterwards) and
+            the first step's owed half-kick is read from a device scalar, so fresh, resampled and
+            persistent velocities all replay the same graph.
+        differentiable: not supported yet; True raises NotImplementedError.
     """
 
     _compiled_runner = KineticRunner
@@ -57,14 +61,13 @@ class KineticChain(_LangevinChain):
                  differentiable=False):
         if not callable(energy):
             raise TypeError(f"energy must be callable (x -> per-chain energies [B]), got {type(energy).__name__}")
-        for name, value in (("capture_graph", capture_graph), ("differentiable", differentiable)):
-            if value:
-                raise NotImplementedError(f"KineticChain does not support {name}={value!r} yet; use {name}=False")
+        if differentiable:
+            raise NotImplementedError("KineticChain does not support differentiable=True yet; use differentiable=False")
         self.energy = energy
         self.friction = float(friction)
         super().__init__(n_steps=n_steps, step_size=step_size, noise_scale=0.0, clamp=clamp, grad_clip=grad_clip,
                          seed=seed, offset=offset, track_stats=track_stats, on_nonfinite=on_nonfinite,
-                         compile=compile, compile_block=compile_block)
+                         compile=compile, compile_block=compile_block, capture_graph=capture_graph)
         for k, h in enumerate(self.step_sizes):
             try:
                 _check_coefficients(h, self.friction, h)
@@ -73,6 +76,7 @@ class KineticChain(_LangevinChain):
         self.resample_velocity = bool(resample_velocity)
         self.velocity: torch.Tensor | None = None
         self._owed_kick = 0.0   # h_{K-1}/2 of the last run: the half-kick velocity still owes
+        self._owed_on_device: torch.Tensor | None = None   # the same, read by a captured graph
 
     @property
     def velocity_seed(self) -> int:
@@ -116,7 +120,11 @@ class KineticChain(_LangevinChain):
             stat_rows[1].copy_(torch.linalg.vector_norm(_per_chain(grad), dim=1, dtype=stat_rows[1].dtype))
             diag = None
         h = self.step_sizes[k]
-        kinetic_step_(x, self.velocity, grad, step_size=h, friction=self.friction, kick=self._owed_kick + 0.5 * h,
+        kick = self._owed_kick + 0.5 * h
+        if k == 0 and self._owed_on_device is not None:   # captured: the owed kick differs between replays
+            self.velocity.sub_(grad * self._owed_on_device)
+            kick = 0.5 * h
+        kinetic_step_(x, self.velocity, grad, step_size=h, friction=self.friction, kick=kick,
                       seed=self.seed, offset=offset, rng_state=None if rng_state is None else rng_state[0])
         self._owed_kick = 0.5 * h
         if self.clamp is not None:
@@ -135,6 +143,26 @@ class KineticChain(_LangevinChain):
         if track_finite:   # the guard replays the run: from the run's starting velocities
             self.velocity, self._owed_kick = self._start_velocity
         return super()._loop(x, base_offset, rng_state, return_trajectory, thin, track_finite)
+
+    def _capture(self, x0, key, return_trajectory, thin):
+        """Capture with the velocity as the graph's static buffer; the capture's warm-up runs
+        must not advance the chain, so its velocity and owed kick are restored afterwards."""
+        start_velocity, start_owed = self.velocity.clone(), self._owed_kick
+        self._static_velocity = self.velocity
+        self._owed_on_device = torch.zeros((), dtype=x0.dtype, device=x0.device)
+        super()._capture(x0, key, return_trajectory, thin)
+        self.velocity.copy_(start_velocity)
+        self._owed_kick = start_owed
+
+    def _before_replay(self):
+        static = self._static_velocity
+        if self.velocity is not static:     # fresh, resampled or restored velocities: into the buffer
+            static.copy_(self.velocity)
+            self.velocity = static
+        self._owed_on_device.fill_(self._owed_kick)
+
+    def _after_replay(self):
+        self._owed_kick = 0.5 * self.step_sizes[-1]
 
     def step(self, x, k=0):
         raise NotImplementedError("KineticChain.step is not available (a step needs the chain's velocities); "

@@ -57,20 +57,24 @@ def _time(seconds) -> str:
 
 
 def samplers_table(rows: list[common.Row]) -> str:
-    """The samplers suite's table: mixing per gradient and per second, acceptance, moment bias."""
-    head = ["case", "variant", "grads/chain", "min ESS", "ESS/grad", "vs lk ula", "ESS/s", "accept",
-            "max R-hat", "mean bias (sd)", "var rel err", "wall", "note"]
+    """The samplers suite's table: mixing per gradient and per second, acceptance, moment bias;
+    timing-only rows (compiled kept steps) fill the cost columns alone."""
+    head = ["case", "variant", "grads/chain", "min ESS", "ESS/grad", "vs lk ula", "ESS/s", "accept", "in band",
+            "max R-hat", "mean bias (sd)", "var rel err", "wall", "us/kept step", "compile", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.unavailable:
             cells = [r.case, r.variant] + ["-"] * (len(head) - 3) + [r.unavailable]
         else:
             e = r.extra
-            cells = [r.case, r.variant, e["grads_per_chain"], _fmt(e["ess_min"], ".0f"), _fmt(e["ess_per_grad"], ".2e"),
-                     _fmt(r.speedup_vs_eager, ".2f") + "x", _fmt(e["ess_per_s"], ".0f"), _fmt(e["acceptance"], ".2f"),
-                     _fmt(e["rhat_max"], ".3f"), _fmt(e["mean_bias_sd"], ".3f"), _fmt(e["var_rel_err"], ".3f"),
-                     _time(r.median_s), r.note + (f"; {e['nonfinite_chains']} chains non-finite"
-                                                  if e["nonfinite_chains"] else "")]
+            nonfinite = e.get("nonfinite_chains")
+            cells = [r.case, r.variant, e["grads_per_chain"], _fmt(e.get("ess_min"), ".0f"),
+                     _fmt(e.get("ess_per_grad"), ".2e"), _fmt(r.speedup_vs_eager, ".2f") + "x" if r.speedup_vs_eager else "-",
+                     _fmt(e.get("ess_per_s"), ".0f"), _fmt(e["acceptance"], ".2f"), _fmt(e.get("in_band"), ".0%"),
+                     _fmt(e.get("rhat_max"), ".3f"), _fmt(e.get("mean_bias_sd"), ".3f"),
+                     _fmt(e.get("var_rel_err"), ".3f"), _time(r.median_s), _fmt(e.get("us_per_kept_step"), ".0f"),
+                     "-" if r.compile_s is None else f"{r.compile_s:.1f} s",
+                     r.note + (f"; {nonfinite} chains non-finite" if nonfinite else "")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

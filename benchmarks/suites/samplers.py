@@ -4,8 +4,10 @@ Cases (langevin_kernels/targets.py, float32): `gauss` 10-D Gaussian with conditi
 `funnel` Neal's funnel in 10-D, `banana` (s = 10, b = 0.03), `mixture` two 2-D Gaussians 2 sd
 apart, and `gauss-scaled`: the Gaussian with chain b's target scaled by c_b, log-spaced from 0.01
 to 10 (chain b samples c_b X, X ~ gauss; its draws are divided by c_b before any statistic), the
-case one shared step cannot serve; only the tuned MALA variants run on it. Every variant gets the same budget of gradient evaluations per chain (warm-up + kept)
-and starts its chains from the same dispersed draw (exact mean + 2 exact sd x N(0, 1), seed SEED).
+case one shared step cannot serve; only the tuned MALA variants run on it (variants_for).
+Every variant gets the same budget of gradient evaluations per chain (warm-up + kept)
+and starts its chains from the same dispersed draw (exact mean + 2 exact sd x N(0, 1), seed SEED;
+gauss-scaled: times c_b).
 
 Variants:
   lk mala                      DataChain(mala=True) at one step shared by all chains, tuned by
@@ -37,7 +39,8 @@ lk.effective_sample_size), ESS per gradient evaluation (that ESS / every gradien
 evaluated, warm-up included, all chains), ESS per second (wall time of the variant's whole run,
 warm-up included; for blackjax the second call, its compile reported apart), mean acceptance
 (MH variants), the fraction of chains "in band" (each chain's acceptance over the kept steps
-in IN_BAND, 0.50-0.65; MH variants), max R-hat, and the moment bias: max over coordinates of |mean - exact| / exact sd
+in IN_BAND, 0.50-0.65; MH variants; compiled rows: over their last timed run), max R-hat, and
+the moment bias: max over coordinates of |mean - exact| / exact sd
 and of |var / exact var - 1|. Gradients are counted as each implementation evaluates them: our
 MALA caches the current state's gradient (1 per step, +1 at the start of a run), ebmkit's MALA
 recomputes it (2 per transition), ebmkit's HMC costs L + 1 per trajectory, blackjax caches (1).

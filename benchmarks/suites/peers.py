@@ -33,16 +33,21 @@ import torch
 TORCHEBM_MISSING = "torchebm is not installed (pip install .[bench] or pip install --no-deps torchebm)"
 
 
+def import_problem(package: str, missing: str, *modules: str) -> str | None:
+    """None when `package` is installed and `modules` import, else why not (`missing` when absent)."""
+    if importlib.util.find_spec(package) is None:
+        return missing
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
+        return f"{package} does not import: {type(exc).__name__}: {exc}"
+    return None
+
+
 def torchebm_unavailable() -> str | None:
     """None when torchebm imports, else why not."""
-    if importlib.util.find_spec("torchebm") is None:
-        return TORCHEBM_MISSING
-    try:
-        import torchebm.samplers  # noqa: F401
-        import torchebm.integrators  # noqa: F401
-    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
-        return f"torchebm does not import: {type(exc).__name__}: {exc}"
-    return None
+    return import_problem("torchebm", TORCHEBM_MISSING, "torchebm.samplers", "torchebm.integrators")
 
 
 def torchebm_noise_scale(step_size: float, noise_scale: float) -> float:
@@ -104,13 +109,11 @@ JAX_MISSING = "jax is not installed (pip install jax; on a GPU also its CUDA plu
 
 def jax_unavailable(device: torch.device) -> str | None:
     """None when JAX imports and has a backend for `device`'s type, else why not."""
-    if importlib.util.find_spec("jax") is None:
-        return JAX_MISSING
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    try:
-        import jax
-    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
-        return f"jax does not import: {type(exc).__name__}: {exc}"
+    reason = import_problem("jax", JAX_MISSING, "jax")
+    if reason:
+        return reason
+    import jax
     platform = "gpu" if device.type == "cuda" else "cpu"
     try:
         jax.devices(platform)
@@ -217,27 +220,17 @@ BLACKJAX_MISSING = "blackjax is not installed (pip install blackjax; it needs ja
 
 def ebmkit_unavailable() -> str | None:
     """None when ebmkit's samplers import, else why not."""
-    if importlib.util.find_spec("ebm") is None:
-        return EBMKIT_MISSING
-    try:
-        from ebm import HMC, AdaptiveMALA  # noqa: F401
-    except Exception as exc:  # noqa: BLE001  (any import failure makes the peer unavailable)
-        return f"ebmkit does not import: {type(exc).__name__}: {exc}"
-    return None
+    reason = import_problem("ebm", EBMKIT_MISSING, "ebm")
+    if reason is None and not all(hasattr(importlib.import_module("ebm"), name) for name in ("HMC", "AdaptiveMALA")):
+        reason = "ebmkit does not provide HMC and AdaptiveMALA (tested with ebmkit 0.16)"
+    return reason
 
 
 def blackjax_unavailable(device: torch.device) -> str | None:
     """None when blackjax imports and JAX has a backend for `device`, else why not."""
     if importlib.util.find_spec("blackjax") is None:
         return BLACKJAX_MISSING
-    reason = jax_unavailable(device)
-    if reason:
-        return reason
-    try:
-        import blackjax  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"blackjax does not import: {type(exc).__name__}: {exc}"
-    return None
+    return jax_unavailable(device) or import_problem("blackjax", BLACKJAX_MISSING, "blackjax")
 
 
 # ebmkit's MALA recomputes E and grad E at the current state in every transition (it caches

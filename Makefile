@@ -30,8 +30,17 @@ $(DEPS_STAMP): Makefile | $(PY)
 # --no-build-isolation: compile against the torch installed above (docs/building.md).
 # The extras come from pyproject.toml: train (matplotlib, scikit-learn, tqdm: the training
 # layer, so `make demo` needs it) and test (pytest, hypothesis, arviz, ruff, ...).
-build: $(DEPS_STAMP)
+# The install is editable, so only the C++/CUDA sources and the build files call for a new one:
+# without the stamp every `make demo` / `make test` would recompile the extension (80 s on 2 cores).
+BUILD_STAMP := $(VENV)/.build-stamp
+BUILD_INPUTS := $(shell find csrc -type f) setup.py pyproject.toml
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(BUILD_INPUTS)
 	$(PY) -m pip install --no-build-isolation -e ".[train,test]"
+	touch $(BUILD_STAMP)
+
+build: $(BUILD_STAMP)
+	@ls langevin_kernels/_C*.so > /dev/null 2>&1 || { rm -f $(BUILD_STAMP); $(MAKE) --no-print-directory $(BUILD_STAMP); }
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -52,4 +61,4 @@ bench: build
 	$(PY) -m benchmarks.run --suite all --quick --device cpu $(BENCH_ARGS)
 
 clean:
-	rm -rf build *.egg-info langevin_kernels/_C*.so
+	rm -rf build *.egg-info langevin_kernels/_C*.so $(BUILD_STAMP)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 import warnings
 
 import torch
@@ -31,6 +32,10 @@ DEFAULT_MAX_BLOCK = 20
 # Normals drawn per philox_normal call (16 MB of float32): whole short runs in one call, and at
 # least one block per call for large states.
 NOISE_DRAW_NUMBERS = 1 << 22
+# Dynamo settings while a block is traced: autograd.grad inside the graph, and a recompile
+# limit that raises (then the chain warns and runs uncompiled) instead of silently running
+# the block's Python step by step.
+TRACING = dict(trace_autograd_ops=True, fail_on_recompile_limit_hit=True)
 
 
 def block_length(n_steps: int, max_block: int) -> int:
@@ -45,13 +50,15 @@ def block_length(n_steps: int, max_block: int) -> int:
 
 
 def compile_options(value) -> dict | None:
-    """compile=False/True/dict -> None or torch.compile keyword arguments (fullgraph forced)."""
+    """compile=False/True/dict -> None or torch.compile keyword arguments (fullgraph forced;
+    static shapes unless the dict says otherwise: a chain compiles one graph per state shape,
+    and inductor's code for static shapes is the faster)."""
     if value is False or value is None:
         return None
     if value is True:
-        return {"fullgraph": True}
+        return {"fullgraph": True, "dynamic": False}
     if isinstance(value, dict):
-        return {**value, "fullgraph": True}
+        return {"dynamic": False, **value, "fullgraph": True}
     raise TypeError(f"compile must be True, False or a dict of torch.compile options, got {value!r}")
 
 
@@ -63,11 +70,23 @@ class CompiledRunner:
     def __init__(self, chain, options: dict, max_block: int):
         self.chain = chain
         self.max_block = max_block
-        self.compiled = torch.compile(self._block, **options)
+        self.compiled = torch.compile(self._own_block(), **options)
         self.failed: str | None = None      # why compilation failed (the chain then runs uncompiled)
         self.compile_seconds = 0.0
         self._seen: set = set()
         self._plans: dict = {}
+
+    def _own_block(self):
+        """This runner's _block bound to a private copy of its code object.
+
+        Dynamo keeps compiled graphs, and its recompile limit (8), per code object. With one
+        shared _block, a process that compiled 8 chain variants (options, shapes, block lengths)
+        would run every further chain's blocks uncompiled, said only in torch's log; with a copy
+        per runner, each chain has its own cache and limit (a limit hit then raises: _call)."""
+        function = type(self)._block
+        own = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                                 function.__defaults__, function.__closure__)
+        return types.MethodType(own, self)
 
     # --- the graph ---------------------------------------------------------------------
 
@@ -199,12 +218,10 @@ class CompiledRunner:
                 with torch.no_grad():
                     return self.compiled(*args)
             except Exception:  # noqa: BLE001 - a guard failed (e.g. the energy's module changed mode) and
-                pass           # dynamo retraces: autograd.grad needs trace_autograd_ops, so retry with it
-            with torch._dynamo.config.patch(trace_autograd_ops=True), torch.no_grad():
-                return self.compiled(*args)
+                pass           # dynamo retraces: autograd.grad needs TRACING, so compile again below
         t0 = time.perf_counter()
         try:
-            with torch._dynamo.config.patch(trace_autograd_ops=True), torch.no_grad():
+            with torch._dynamo.config.patch(**TRACING), torch.no_grad():
                 out = self.compiled(*args)
         except Exception as exc:   # noqa: BLE001 - any tracing/compile failure means: run uncompiled
             self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

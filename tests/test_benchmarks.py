@@ -88,12 +88,33 @@ def test_chain_suite_smoke_runs_and_agrees():
     for case in ("dw-small", "mlp"):
         timed = {r.variant for r in rows if r.median_s and r.extra["case"] == case}
         assert {"eager", "lk[cpp]", "lk[cpp] lean"} <= timed
-        assert all(r.agrees for r in rows if r.median_s and r.extra["case"] == case)
+        # every row that computes the chain agrees (the GEMM floor replays products, no chain)
+        assert all(r.agrees for r in rows if r.median_s and r.extra["case"] == case and r.variant != "GEMM floor")
+    assert any(r.variant == "GEMM floor" and r.median_s for r in rows if r.extra["case"] == "mlp")
     variants = {r.variant for r in rows}
     assert {"torchebm", "jax", "lk graph", "lk[cpp] compile"} <= variants      # run or skipped with a reason
     for row in rows:
         if row.median_s:
             assert row.extra["us_per_step"] == pytest.approx(1e6 * row.median_s / 20)
+
+
+def test_gemm_floor_records_every_product_of_forward_and_backward():
+    from benchmarks.suites.gemm_floor import gemm_floor_variant, record_products
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(5, 3)
+
+    def three_gradients():
+        for _ in range(3):
+            leaf = x.detach().requires_grad_(True)
+            torch.autograd.grad(net(leaf).sum(), leaf)
+
+    ops = [op for op, _, _ in record_products(three_gradients)]
+    # per gradient: 2 forward addmm; backward to the input: 2 mm (no weight gradients are asked for)
+    assert ops.count(torch.ops.aten.addmm.default) == 6 and ops.count(torch.ops.aten.mm.default) == 6
+    variant = gemm_floor_variant(three_gradients, what="three gradients")
+    variant.run(0)                                   # replays on fresh tensors of the recorded layouts
+    assert "12 matrix products" in variant.note
+    assert gemm_floor_variant(lambda: torch.randn(3).sin(), what="a sine").unavailable
 
 
 def test_compiled_chain_variant_agrees_or_says_why():

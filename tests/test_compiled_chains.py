@@ -70,6 +70,23 @@ def test_no_recompilation_across_runs_and_optimizer_steps(one_thread):
     assert chain.compile_seconds > 0
 
 
+def test_more_chains_than_the_recompile_limit_all_compile(one_thread):
+    """Dynamo keeps its graphs, and a limit of 8, per code object: chains sharing one would run
+    the blocks of the 9th variant in a process uncompiled, said only in torch's log."""
+    counter = CountingBackend()
+    n = torch._dynamo.config.recompile_limit + 2
+    chains = [lk.DataChain(double_well, n_steps=k, step_size=0.01, noise_scale=0.1, compile={"backend": counter})
+              for k in range(1, n + 1)]   # n block lengths: n distinct graphs
+    x0 = torch.randn(4, 2)
+    for chain in chains:
+        chain.run(x0)
+        assert chain.compile_seconds > 0 and chain.compile_failed is None
+    assert counter.graphs == n
+    for chain in chains:                   # and each keeps its graph: no retrace on a warm run
+        chain.run(x0)
+    assert counter.graphs == n
+
+
 def test_compiled_latent_chain_equals_uncompiled(one_thread):
     gen = nn.Linear(3, 5)
     z0, x = torch.randn(10, 3), torch.randn(10, 5)

@@ -46,6 +46,7 @@ from langevin_kernels import dispatch
 
 from . import common, peers
 from .common import Variant
+from .gemm_floor import gemm_floor_variant
 
 SEED = 4321
 SIGMA = 0.3             # latent chain observation noise (docs/training.md, dual-MCMC)
@@ -296,6 +297,9 @@ def build_variants(case: ChainCase, device, *, with_compile: bool) -> list[Varia
     variants = [Variant("eager", lambda i: run_loop(step, case, case.x0s[i], case.conds[i]),
                         lambda: run_loop(step, case, x0, cond, case.noises),
                         note="loop: autograd.grad + x - a*g + s*randn_like(x)")]
+    if case.energy is not double_well:   # a network: its products bound every variant's speed-up
+        variants.append(common.guarded("GEMM floor", lambda: gemm_floor_variant(
+            lambda: run_loop(step, case, x0, cond), what=f"the eager loop ({case.n_steps} steps)")))
     if with_compile:
         compiled = _compiled_step(case)
         variants.append(Variant("compile", lambda i: run_loop(compiled, case, case.x0s[i], case.conds[i]),

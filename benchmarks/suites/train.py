@@ -29,6 +29,7 @@ import langevin_kernels as lk
 
 from . import common
 from .common import Variant
+from .gemm_floor import gemm_floor_variant
 
 CASES = ("toy2d", "cifar10", "digits")
 N_BATCHES = 4
@@ -218,6 +219,9 @@ def build_variants(case: str, device, data, *, smoke: bool) -> list[Variant]:
         return common.guarded(name, lambda: _variant(name, case, device, data, smoke=smoke, **kwargs))
 
     variants = [common.guarded("eager-op", lambda: _eager_op_variant(case, device, data, smoke=smoke)),
+                common.guarded("GEMM floor", lambda: gemm_floor_variant(
+                    lambda: _method(case_config(case, device, smoke=smoke), tuple(data[0].shape[1:])).train_step(data[0]),
+                    what="one iteration")),
                 trainer("fused", note="Method.train_step, default backend"),
                 trainer("compile", options={"compile": True}, compiled=True, note="TrainConfig(compile=True)")]
     if on_cuda:

@@ -21,6 +21,7 @@ import logging
 import time
 import types
 import warnings
+import weakref
 
 import torch
 
@@ -62,6 +63,32 @@ def compile_options(value) -> dict | None:
     raise TypeError(f"compile must be True, False or a dict of torch.compile options, got {value!r}")
 
 
+# Copies of the block functions' code, per energy object and configuration. Dynamo keeps its
+# compiled graphs, and a limit of 8 per function, per code object: with one code object for every
+# chain, a process that compiled 8 chain variants (energies, options, shapes, block lengths) ran
+# every further chain's blocks uncompiled, said only in torch's log. Chains of one energy and one
+# configuration (a trainer's evaluation chains, built afresh each time) share a copy and so its
+# graphs; other chains get their own. A copy that still reaches the limit raises (TRACING), and
+# the chain warns and runs uncompiled.
+_BLOCK_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _shared_block_function(runner):
+    """The copy of type(runner)._block for the runner's energy object and configuration."""
+    chain = runner.chain
+    owner = chain._energy_object()
+    key = (type(runner), chain._compile_signature(), repr(sorted(runner.options.items())))
+    function = type(runner)._block
+    try:
+        copies = _BLOCK_COPIES.setdefault(owner, {})
+    except TypeError:   # an energy object without weak references: a copy of its own
+        copies = {}
+    if key not in copies:
+        copies[key] = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                                         function.__defaults__, function.__closure__)
+    return copies[key]
+
+
 class CompiledRunner:
     """Runs a chain's K steps through compiled blocks (owned by the chain; see module docstring)."""
 
@@ -70,23 +97,20 @@ class CompiledRunner:
     def __init__(self, chain, options: dict, max_block: int):
         self.chain = chain
         self.max_block = max_block
-        self.compiled = torch.compile(self._own_block(), **options)
+        self.options = options
+        self.compiled = None                # torch.compile of the shared block, made at the first run
         self.failed: str | None = None      # why compilation failed (the chain then runs uncompiled)
         self.compile_seconds = 0.0
         self._seen: set = set()
         self._plans: dict = {}
 
-    def _own_block(self):
-        """This runner's _block bound to a private copy of its code object.
-
-        Dynamo keeps compiled graphs, and its recompile limit (8), per code object. With one
-        shared _block, a process that compiled 8 chain variants (options, shapes, block lengths)
-        would run every further chain's blocks uncompiled, said only in torch's log; with a copy
-        per runner, each chain has its own cache and limit (a limit hit then raises: _call)."""
-        function = type(self)._block
-        own = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
-                                 function.__defaults__, function.__closure__)
-        return types.MethodType(own, self)
+    def _compiled_block(self):
+        """torch.compile of _block, bound to this runner, on a code object shared only with runners
+        of the same energy and configuration (_shared_block_function)."""
+        if self.compiled is None:
+            function = _shared_block_function(self)
+            self.compiled = torch.compile(types.MethodType(function, self), **self.options)
+        return self.compiled
 
     # --- the graph ---------------------------------------------------------------------
 
@@ -216,13 +240,13 @@ class CompiledRunner:
         if key in self._seen:
             try:   # a warm graph: no config patch (it costs more than a small block's kernel)
                 with torch.no_grad():
-                    return self.compiled(*args)
+                    return self._compiled_block()(*args)
             except Exception:  # noqa: BLE001 - a guard failed (e.g. the energy's module changed mode) and
                 pass           # dynamo retraces: autograd.grad needs TRACING, so compile again below
         t0 = time.perf_counter()
         try:
             with torch._dynamo.config.patch(**TRACING), torch.no_grad():
-                out = self.compiled(*args)
+                out = self._compiled_block()(*args)
         except Exception as exc:   # noqa: BLE001 - any tracing/compile failure means: run uncompiled
             self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "

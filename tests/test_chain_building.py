@@ -56,3 +56,25 @@ def test_cli_flag():
     parser = build_parser()
     assert config_from_args(parser.parse_args(["--out", "x"])).compile is False
     assert config_from_args(parser.parse_args(["--out", "x", "--compile"])).compile is True
+
+
+def test_compiled_evaluations_reuse_their_graphs(monkeypatch):
+    """Each evaluation builds fresh chains (new DataChain objects, fixed seed): with --compile they
+    must reuse the graphs the first evaluation compiled, not compile again every evaluation."""
+    from langevin_kernels.chains import core
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(core, "compile_options",
+                        lambda value: {"backend": counting_backend, "fullgraph": True, "dynamic": False} if value else None)
+    cfg = preset("toy2d", method="dual", batch_size=8, x_steps=2, z_steps=2, width_mult=0.125, compile=True)
+    method = methods.build_method(cfg, "cpu", (2,))
+    _exercise(method)
+    first = len(graphs)
+    assert first >= 3          # training data chain, latent chain, evaluation chains
+    _exercise(method)           # a second iteration and evaluation: same shapes, same configurations
+    assert len(graphs) == first

@@ -70,13 +70,17 @@ def test_no_recompilation_across_runs_and_optimizer_steps(one_thread):
     assert chain.compile_seconds > 0
 
 
+def _scaled_double_well(k):
+    return lambda x: (1 + k) * double_well(x)
+
+
 def test_more_chains_than_the_recompile_limit_all_compile(one_thread):
     """Dynamo keeps its graphs, and a limit of 8, per code object: chains sharing one would run
     the blocks of the 9th variant in a process uncompiled, said only in torch's log."""
     counter = CountingBackend()
     n = torch._dynamo.config.recompile_limit + 2
-    chains = [lk.DataChain(double_well, n_steps=k, step_size=0.01, noise_scale=0.1, compile={"backend": counter})
-              for k in range(1, n + 1)]   # n block lengths: n distinct graphs
+    chains = [lk.DataChain(_scaled_double_well(k), n_steps=3, step_size=0.01, noise_scale=0.1,
+                           compile={"backend": counter}) for k in range(n)]   # n energies: n graphs
     x0 = torch.randn(4, 2)
     for chain in chains:
         chain.run(x0)
@@ -85,6 +89,36 @@ def test_more_chains_than_the_recompile_limit_all_compile(one_thread):
     for chain in chains:                   # and each keeps its graph: no retrace on a warm run
         chain.run(x0)
     assert counter.graphs == n
+
+
+def test_chains_of_one_energy_and_configuration_share_graphs(one_thread):
+    """A trainer builds a fresh evaluation chain (new seed) every evaluation: it must not recompile."""
+    counter = CountingBackend()
+    energy = _scaled_double_well(0.5)
+    options = dict(n_steps=4, step_size=0.01, noise_scale=0.1, compile={"backend": counter}, on_nonfinite="ignore")
+    x0 = torch.randn(6, 2)
+    lk.DataChain(energy, seed=1, **options).run(x0)
+    assert counter.graphs == 1
+    lk.DataChain(energy, seed=2, **options).run(x0)
+    assert counter.graphs == 1
+    lk.DataChain(energy, seed=3, **dict(options, clamp=(-1.0, 1.0))).run(x0)   # another configuration
+    assert counter.graphs == 2
+
+
+def test_a_chain_past_the_recompile_limit_warns_and_runs_uncompiled(one_thread):
+    limit = torch._dynamo.config.recompile_limit
+    options = dict(n_steps=3, step_size=0.01, noise_scale=0.1, seed=4)
+    compiled = lk.DataChain(_scaled_double_well(2), compile={"backend": CountingBackend()}, **options)
+    plain = lk.DataChain(_scaled_double_well(2), **options)
+    for batch in range(1, limit + 1):        # limit static shapes: limit graphs
+        compiled.run(torch.ones(batch, 2))
+    assert compiled.compile_failed is None
+    x0 = torch.randn(limit + 1, 2)
+    plain.offset = compiled.offset
+    with pytest.warns(RuntimeWarning, match="could not be compiled"):
+        got = compiled.run(x0)
+    assert compiled.compile_failed is not None
+    torch.testing.assert_close(got, plain.run(x0), rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_latent_chain_equals_uncompiled(one_thread):

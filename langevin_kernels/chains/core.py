@@ -113,6 +113,19 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if getattr(self, "_rng_state", None) is not None:
             self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
 
+    def _energy_object(self):
+        """The object whose computation the chain samples (compiled blocks are shared per object)."""
+        for name in ("energy", "generator"):
+            if self.__dict__.get(name) is not None:
+                return self.__dict__[name]
+        return self
+
+    def _compile_signature(self) -> tuple:
+        """The settings a compiled block depends on beyond its inputs (the seed, the step count and
+        the schedules are inputs or block lengths, so they are left out)."""
+        inputs = {"seed", "n_steps", "step_size", "step_sizes", "noise_scale", "noise_scales"}
+        return (type(self),) + tuple((name, repr(self.__dict__.get(name))) for name in sorted(_FROZEN - inputs))
+
     @property
     def compile_seconds(self) -> float:
         """Seconds spent compiling so far (first calls of each compiled block shape; 0 uncompiled)."""

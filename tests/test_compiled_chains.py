@@ -51,7 +51,7 @@ def test_compiled_equals_uncompiled(mala, options, one_thread):
 
 
 def test_no_recompilation_across_runs_and_optimizer_steps(one_thread):
-    torch._dynamo.reset()   # dynamo remembers shapes per code object: other tests' chains would make dims dynamic
+    torch._dynamo.reset()   # start from empty caches, so the count below is this chain's alone
     counter = CountingBackend()
     net = mlp()
     chain = lk.DataChain(lambda x: net(x).squeeze(1), n_steps=8, step_size=0.01, noise_scale=0.1,

@@ -41,11 +41,13 @@ def test_cells_cover_the_grid_and_name_uniquely():
     assert R.cells(["8gaussians"], ["dual"], [0]) == [R.Cell("8gaussians", "dual", 0)]  # a part of the sweep
 
 
-@pytest.mark.parametrize("values, flat", [  # evaluations at 200, 400, ..., 2000: the last fifth starts at 1600
+@pytest.mark.parametrize("values, flat", [  # evaluations at 200, ..., 2000: the last fifth is 1800 and 2000
     ([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3], False),    # 0.45 -> 0.3: -33 %
     ([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.31, 0.305, 0.30], True),  # -3 %
     ([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.10, 0.095, 0.09], True),  # -10 %, and only 0.01 absolute
     ([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.35, 0.5], True),     # rose: more budget would not help
+    ([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.30, 0.6], False),   # a new best 0.30 under an upward spike
+    ([2.0, 1.0, 0.8, 0.7, 0.6, 0.3, 0.9, 0.9, 0.33, 0.31], True),     # a downward spike at 1600, no new best
     ([0.5], False)])
 def test_flatness_over_the_last_fifth(values, flat):
     curve = [(200 * (i + 1), v) for i, v in enumerate(values)]

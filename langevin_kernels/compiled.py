@@ -36,7 +36,10 @@ NOISE_DRAW_NUMBERS = 1 << 22
 # Dynamo settings while a block is traced: autograd.grad inside the graph, and a recompile
 # limit that raises (then the chain warns and runs uncompiled) instead of silently running
 # the block's Python step by step.
-TRACING = dict(trace_autograd_ops=True, fail_on_recompile_limit_hit=True)
+# (An older torch without a setting gets the rest; without trace_autograd_ops tracing fails, and
+# the chain warns and runs uncompiled.)
+TRACING = {name: True for name in ("trace_autograd_ops", "fail_on_recompile_limit_hit")
+           if hasattr(torch._dynamo.config, name)}
 
 
 def block_length(n_steps: int, max_block: int) -> int:

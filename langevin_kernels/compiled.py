@@ -79,8 +79,10 @@ _BLOCK_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _shared_block_function(runner):
     """The copy of type(runner)._block for the runner's energy object and configuration."""
     chain = runner.chain
-    owner = chain._energy_object()
-    key = (type(runner), chain._compile_signature(), repr(sorted(runner.options.items())))
+    owner, method = chain._energy_object(), None
+    if isinstance(owner, types.MethodType):   # target.energy is a new bound method at every access
+        owner, method = owner.__self__, owner.__func__
+    key = (type(runner), method, chain._compile_signature(), repr(sorted(runner.options.items())))
     function = type(runner)._block
     try:
         copies = _BLOCK_COPIES.setdefault(owner, {})

@@ -103,6 +103,10 @@ def test_chains_of_one_energy_and_configuration_share_graphs(one_thread):
     assert counter.graphs == 1
     lk.DataChain(energy, seed=3, **dict(options, clamp=(-1.0, 1.0))).run(x0)   # another configuration
     assert counter.graphs == 2
+    target = IllConditionedGaussian(dim=2)   # a bound method is a new object at every access
+    lk.DataChain(target.energy, seed=4, **options).run(x0)
+    lk.DataChain(target.energy, seed=5, **options).run(x0)
+    assert counter.graphs == 3
 
 
 def test_a_chain_past_the_recompile_limit_warns_and_runs_uncompiled(one_thread):

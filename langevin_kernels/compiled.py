@@ -79,9 +79,7 @@ _BLOCK_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _shared_block_function(runner):
     """The copy of type(runner)._block for the runner's energy object and configuration."""
     chain = runner.chain
-    owner, method = chain._energy_object(), None
-    if isinstance(owner, types.MethodType):   # target.energy is a new bound method at every access
-        owner, method = owner.__self__, owner.__func__
+    owner, method = chain._energy_owner()
     key = (type(runner), method, chain._compile_signature(), repr(sorted(runner.options.items())))
     function = type(runner)._block
     try:

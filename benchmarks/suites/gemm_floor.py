@@ -37,6 +37,14 @@ class _TensorSpec:
         return storage.as_strided(self.size, self.stride)
 
 
+def _spec(arg):
+    return _TensorSpec(arg) if isinstance(arg, torch.Tensor) else arg
+
+
+def _materialise(arg):
+    return arg.make() if isinstance(arg, _TensorSpec) else arg
+
+
 class _ProductRecorder(TorchDispatchMode):
     """Records (op, args, kwargs) of every product op dispatched while active."""
 
@@ -47,8 +55,7 @@ class _ProductRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in PRODUCT_OPS:
-            spec = lambda a: _TensorSpec(a) if isinstance(a, torch.Tensor) else a  # noqa: E731
-            self.calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
+            self.calls.append((func, tree_map(_spec, args), tree_map(_spec, kwargs)))
         return func(*args, **kwargs)
 
 
@@ -64,8 +71,7 @@ def gemm_floor_variant(fn: Callable[[], object], *, what: str) -> Variant:
     calls = record_products(fn)
     if not calls:
         return Variant("GEMM floor", unavailable=f"{what} runs no matrix products or convolutions")
-    materialise = lambda a: a.make() if isinstance(a, _TensorSpec) else a  # noqa: E731
-    replay = [(op, tree_map(materialise, args), tree_map(materialise, kwargs)) for op, args, kwargs in calls]
+    replay = [(op, tree_map(_materialise, args), tree_map(_materialise, kwargs)) for op, args, kwargs in calls]
 
     def run(i):
         with torch.no_grad():

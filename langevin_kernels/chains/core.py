@@ -4,6 +4,7 @@ energy gradient, the ULA step and the K-step loop. MALA (mala.py), the divergenc
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 
@@ -113,12 +114,14 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if getattr(self, "_rng_state", None) is not None:
             self._rng_state[:, 1].fill_(_as_int64("offset", self._offset))
 
-    def _energy_object(self):
-        """The object whose computation the chain samples (compiled blocks are shared per object)."""
-        for name in ("energy", "generator"):
-            if self.__dict__.get(name) is not None:
-                return self.__dict__[name]
-        return self
+    def _energy_owner(self) -> tuple:
+        """(object, function or None): whose computation the chain samples, for sharing compiled
+        blocks per object. A bound method is a new object at every access (``target.energy``),
+        so it is named by its instance and function."""
+        owner = next((self.__dict__[n] for n in ("energy", "generator") if self.__dict__.get(n) is not None), self)
+        if isinstance(owner, types.MethodType):
+            return owner.__self__, owner.__func__
+        return owner, None
 
     def _compile_signature(self) -> tuple:
         """The settings a compiled block depends on beyond its inputs (the seed, the step count and

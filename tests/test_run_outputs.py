@@ -109,6 +109,26 @@ def test_digits_panels_are_titled_and_labelled(tmp_path, monkeypatch):
     assert fig._suptitle.get_text() == "digits, method dual, iteration 1"
 
 
+def test_learning_curve_keeps_negative_mmd_estimates(tmp_path, monkeypatch):
+    """The unbiased MMD^2 is negative when samples agree within its noise; a log axis dropped those
+    evaluations (the demo's EBM-chain curve ended at iteration 2500 of 6000)."""
+    import matplotlib.figure
+
+    from langevin_kernels.train.evaluation import plot_learning_curve
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    history = [{"iteration": 500 * (i + 1), "grid_kl": kl, "mmd2_ebm": mmd, "mmd2_generator": 1e-3}
+               for i, (kl, mmd) in enumerate([(0.4, 2e-3), (0.2, -1.5e-4), (0.1, float("nan")), (0.09, 4e-5)])]
+    assert plot_learning_curve(history, "toy2d", str(tmp_path / "curve.png"))
+    kl_axes, mmd_axes = figures[0].axes
+    assert kl_axes.get_yscale() == "log"   # grid KL is always positive
+    assert mmd_axes.get_yscale() == "symlog"
+    ebm_line = mmd_axes.get_lines()[0]
+    assert list(ebm_line.get_xdata()) == [500, 1000, 2000]          # only the NaN evaluation is left out
+    assert list(ebm_line.get_ydata()) == [2e-3, -1.5e-4, 4e-5]
+
+
 # ----------------------------------------------------------------------------- image configs
 
 def _image_root(tmp_path, n=6):

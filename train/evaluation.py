@@ -213,9 +213,28 @@ CURVE_PANELS = {
 CURVE_YLABELS = {"grid_kl": "grid KL", "mmd2_ebm": "MMD^2", "frechet_ebm": "Frechet distance"}
 
 
+def curve_points(history: list[dict], key: str) -> list[tuple[int, float]]:
+    """(iteration, value) of every evaluation with a finite ``key``, zero and negative values
+    included: the unbiased MMD^2 estimator is negative when two samples agree within its noise,
+    and a curve that dropped those points would hide the evaluations where the model did best."""
+    return [(e["iteration"], float(e[key])) for e in history
+            if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])]
+
+
+def y_scale(values: list[float]) -> tuple[str, dict]:
+    """A log axis for positive values; otherwise symlog, linear up to the decade of the largest
+    negative value: an estimate that can come out negative is noise at that size, and a log
+    scale below it would draw the noise as decades of change."""
+    if all(v > 0 for v in values):
+        return "log", {}
+    negatives = [-v for v in values if v < 0]
+    return "symlog", {"linthresh": 10.0 ** math.ceil(math.log10(max(negatives))) if negatives else 1.0}
+
+
 def plot_learning_curve(history: list[dict], config: str, path: str, title: str = "") -> bool:
-    """learning_curve.png: each evaluation's metrics against iteration (toy2d: grid KL and MMD^2 on a
-    log scale; digits: Frechet distances). False (nothing written) for configs without a curve."""
+    """learning_curve.png: each evaluation's metrics against iteration (toy2d: grid KL on a log
+    scale and MMD^2 on a symlog one, which keeps its negative estimates; digits: Frechet
+    distances). False (nothing written) for configs without a curve."""
     panels = CURVE_PANELS.get(config)
     if not panels or not history:
         return False
@@ -223,12 +242,16 @@ def plot_learning_curve(history: list[dict], config: str, path: str, title: str 
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, series in zip(axes[0], panels):
+        values = []
         for key, label in series:
-            points = [(e["iteration"], e[key]) for e in history
-                      if isinstance(e.get(key), (int, float)) and math.isfinite(e[key]) and e[key] > 0]
+            points = curve_points(history, key)
             if points:
                 ax.plot(*zip(*points), marker="o", ms=3, label=label)
-        ax.set_yscale("log")
+                values += [v for _, v in points]
+        scale, options = y_scale(values)
+        ax.set_yscale(scale, **options)
+        if scale == "symlog":
+            ax.axhline(0.0, color="0.5", lw=0.8)
         ax.set_xlabel("iteration")
         ax.set_ylabel(CURVE_YLABELS.get(series[0][0], series[0][0]))
         ax.grid(True, which="both", alpha=0.3)

@@ -33,6 +33,7 @@ from langevin_kernels._optional import pyplot
 
 from .config import METHODS
 from .data import TOY_DATASETS
+from .evaluation import curve_points
 
 #: The data sets of the sweep (a selection of data.TOY_DATASETS, plus digits) and each one's first
 #: budget in iterations; a budget doubles while the learning curve is not flat.
@@ -227,8 +228,7 @@ def plot_curves(dataset: str, groups: dict[tuple[str, str], list[Cell]], out_roo
         color = f"C{i % 10}"
         curves = []
         for cell in group:
-            pts = [(e["iteration"], e[key]) for e in history(cell, out_root)
-                   if isinstance(e.get(key), (int, float)) and math.isfinite(e[key]) and e[key] > 0]
+            pts = curve_points(history(cell, out_root), key)   # grid KL and Frechet are positive
             if pts:
                 ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.5)
                 curves.append(dict(pts))

@@ -124,7 +124,10 @@ def main(argv=None) -> int:
                 print(f"--resume: no checkpoint in {args.out}; starting from scratch"
                       + (f" (removed the earlier attempt's {', '.join(removed)})" if removed else ""),
                       file=sys.stderr)
-            history = trainer.train()
+            try:
+                history = trainer.train()
+            finally:
+                trainer = None   # its DDP wrappers go before the process group (distributed_context)
     except (ValueError, DataRootError, ImportError) as err:
         # Bad settings or --out, missing or malformed data, an unusable checkpoint (CheckpointError), a
         # missing optional dependency: one line naming the cause, no traceback.

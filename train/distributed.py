@@ -11,8 +11,10 @@ all-reduce the training loop uses for divergence and interrupts. Errors raised t
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -142,8 +144,12 @@ def distributed_context(cfg):
         # A failure every rank saw (agreed) ends with everyone at the barrier; any other one would
         # leave this rank at a barrier the others never reach, so it skips the barrier.
         agreed = getattr(err, "agreed", False)
+        # The traceback's finished frames hold the trainer and its DDP wrappers; freed only after
+        # the group is destroyed, a wrapper's destructor could block the process's exit.
+        traceback.clear_frames(err.__traceback__)
         raise
     finally:
+        gc.collect()   # DDP wrappers the caller dropped, before the group they use goes away
         if agreed:
             dist.barrier()
         dist.destroy_process_group()

@@ -96,10 +96,25 @@ def test_table_reports_mean_sample_std_and_wall_time(tmp_path):
     row = [c.strip() for c in lines[-1].strip("|").split("|")]
     # mean 7/3; sample std sqrt(((1-7/3)^2 + (2-7/3)^2 + (4-7/3)^2) / 2) = sqrt(7/3) = 1.528
     assert row[0] == "coop" and row[1] == "3/4" and row[2] == str(group[0].first_budget)
-    assert row[3] == "2.333 ± 1.528"
-    assert row[6] == "5.0 ± 0.0"
-    assert row[5] == "n/a"  # no generator for this fake run: reported as missing, never as zero
+    assert row[3] == "3/3"  # flat curves
+    assert row[4] == "2.333 ± 1.528"
+    assert row[7] == "5.0 ± 0.0"
+    assert row[6] == "n/a"  # no generator for this fake run: reported as missing, never as zero
     assert row[-1] == "2.0 min"  # mean of 1, 2 and 3 minutes
+
+
+def test_table_tells_runs_stopped_at_the_largest_budget_from_converged_ones(tmp_path):
+    root = str(tmp_path)
+    flat, capped = R.Cell("pinwheel", "dual", 0), R.Cell("pinwheel", "dual", 1)
+    largest = flat.first_budget * 2 ** R.MAX_DOUBLINGS
+    n = largest // (flat.first_budget // 10)
+    _write_metrics(root, flat, _curve(flat, [1.0] * n))
+    _write_metrics(root, capped, _curve(capped, [2 * 0.9 ** i for i in range(n)]))  # -57 % in the last fifth
+    assert R.status(capped, root) == ("done", largest) and not R.converged(capped, root)
+    assert R.converged(flat, root)
+    row = [c.strip() for c in R.table({("pinwheel", "dual"): [flat, capped]}, "pinwheel",
+                                      R.TOY_COLUMNS, root)[-1].strip("|").split("|")]
+    assert row[1] == "2/2" and row[3] == "1/2"
 
 
 def test_report_lists_a_command_per_row_and_draws_curves(tmp_path):

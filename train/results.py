@@ -134,11 +134,18 @@ def status(cell: Cell, out_root: str) -> tuple[str, int]:
         budget *= 2
     if last < budget:
         return "run", budget  # an interrupted run: finish its budget
-    key = curve_key(cell.dataset)
-    curve = [(int(e["iteration"]), float(e[key])) for e in hist if isinstance(e.get(key), (int, float))]
-    if is_flat(curve, key) or budget >= largest:
+    if converged(cell, out_root) or budget >= largest:
         return "done", budget
     return "run", budget * 2
+
+
+def converged(cell: Cell, out_root: str) -> bool:
+    """True when the cell's learning curve is flat at its last evaluation (is_flat); a run stopped
+    at the largest budget while still improving is done but not converged."""
+    key = curve_key(cell.dataset)
+    curve = [(int(e["iteration"]), float(e[key])) for e in history(cell, out_root)
+             if isinstance(e.get(key), (int, float))]
+    return is_flat(curve, key)
 
 
 def final_metrics(cell: Cell, out_root: str) -> dict | None:
@@ -197,8 +204,8 @@ def _fmt(values: list[float], decimals: int) -> str:
 
 def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_root: str) -> list[str]:
     """Markdown rows of one data set: one per method, mean ± std over its finished seeds."""
-    lines = ["| method | seeds done | budget (iters) | " + " | ".join(c[1] for c in columns)
-             + " | wall time per run |", "|---|---|---|" + "---|" * (len(columns) + 1)]
+    lines = ["| method | seeds done | budget (iters) | converged | " + " | ".join(c[1] for c in columns)
+             + " | wall time per run |", "|---|---|---|---|" + "---|" * (len(columns) + 1)]
     for (d, method), group in groups.items():
         if d != dataset:
             continue
@@ -209,7 +216,8 @@ def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_
                 for key, _title, dec in columns]
         walls = [w for w in (wall_seconds(c, out_root) for c in done) if w is not None]
         wall = f"{statistics.fmean(walls) / 60:.1f} min" if walls else "n/a"
-        lines.append(f"| {method} | {len(done)}/{len(group)} | {', '.join(map(str, budgets)) or 'n/a'} | "
+        flat = f"{sum(converged(c, out_root) for c in done)}/{len(done)}" if done else "n/a"
+        lines.append(f"| {method} | {len(done)}/{len(group)} | {', '.join(map(str, budgets)) or 'n/a'} | {flat} | "
                      + " | ".join(cols) + f" | {wall} |")
     return lines
 
@@ -269,7 +277,9 @@ def write_report(all_cells: list[Cell], out_root: str, path: str) -> None:
         "Budgets come from learning curves: a run whose curve metric (grid KL; digits: generator Fréchet)",
         f"reached a new best in its last {FLAT_SHARE:.0%} (better than the best before by more than "
         f"{FLAT_TOLERANCE:.0%}) was resumed to twice its budget, at most {2 ** MAX_DOUBLINGS}x the",
-        "first; *budget* lists the final budgets of a row's runs. *Wall time* is per run (training and",
+        "first; *budget* lists the final budgets of a row's runs, *converged* how many of its finished",
+        "runs ended on a flat curve (the others stopped at the largest budget still improving: their",
+        "numbers are not final). *Wall time* is per run (training and",
         "evaluations, on the shared 2-core machine: other work ran beside it). Lower is better except",
         "modes and realistic ratio. Rows with fewer seeds done than planned are partial; `n/a`: not run.",
         "",

@@ -13,6 +13,7 @@ import torch
 
 import langevin_kernels as lk
 from langevin_kernels import dispatch
+from update_reference import NOISE_TOL, TOLERANCE, assert_update_close
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -21,14 +22,6 @@ pytestmark = [
 ]
 
 GPU_BACKENDS = ("cuda", "triton")
-# Error of the update relative to the size of its terms (|x| + a(|g| + |lam x|) + s|xi|):
-# inputs are exact in their dtype and the math is float32 (float64 for float64), so
-# the error is the final rounding to the dtype (2^-8 bf16, 2^-11 fp16) plus a few
-# float32 roundings and FMA contractions; float32 gets the contract's 1e-6.
-TOLERANCE = {torch.float32: 1e-6, torch.float16: 1.2e-3, torch.bfloat16: 8e-3, torch.float64: 1e-13}
-# Every backend's float32 noise is within ~3e-6 of the exact stream (csrc/philox.h);
-# the contract allows 1e-5.
-NOISE_TOL = 1e-5
 
 
 def cuda_randn(shape, dtype=torch.float32, seed=0, count=3):
@@ -37,22 +30,6 @@ def cuda_randn(shape, dtype=torch.float32, seed=0, count=3):
             for _ in range(count)]
 
 
-def formula(x, g, noise, a, s, lam=0.0, clamp=None):
-    """The update in float64 from the (rounded) inputs, and the size of its terms."""
-    x64, g64, n64 = x.double(), g.double(), noise.double()
-    y = x64 - a * (g64 + lam * x64) + s * n64
-    scale = x64.abs() + a * (g64.abs() + abs(lam) * x64.abs()) + s * n64.abs() + 1e-30
-    if clamp is not None:
-        y = y.clamp(*clamp)
-    return y, scale
-
-
-def assert_update_close(y, x, g, noise, a, s, lam=0.0, clamp=None, noise_err=0.0):
-    """|y - formula| <= TOLERANCE * term size + s * noise_err (clamping is 1-Lipschitz)."""
-    want, scale = formula(x, g, noise, a, s, lam, clamp)
-    excess = ((y.double() - want).abs() - s * noise_err) / scale
-    worst = excess.max().item()
-    assert worst <= TOLERANCE[x.dtype], f"max relative error {worst:.3g} for {x.dtype}"
 
 
 def stream(n, seed, offset):

@@ -8,6 +8,7 @@ import torch
 import langevin_kernels as lk
 from backends import backend_params, per_device, runs_dtype
 from langevin_kernels import dispatch
+from update_reference import NOISE_TOL, assert_update_close, expected_update
 
 torch.manual_seed(0)
 
@@ -17,14 +18,6 @@ SHAPES = {"cpu": [(1,), (3,), (4,), (5,), (7, 9), (2, 3, 17), (4097,), (64, 1000
 # (prior_weight, clamp): none, the prior alone, a two-sided and a one-sided clamp, both.
 VARIANTS = [(0.0, None), (1.0, None), (0.0, (-1.0, 1.0)), (1.0, (-1.0, 1.0)), (0.5, (None, 0.5)),
             (0.5, (-2.0, 2.0))]
-# Worst-case error of each dtype relative to the size of the terms of the update:
-# inputs are exact in their dtype, the math is float32, so the error is the final
-# rounding to the dtype (2^-8 bf16, 2^-11 fp16) plus a few float32 roundings;
-# float32 itself gets the contract's 1e-6; float64 a few double roundings.
-TOLERANCE = {torch.float32: 1e-6, torch.float16: 1.2e-3, torch.bfloat16: 8e-3, torch.float64: 1e-13}
-# Every backend's float32 noise is within ~3e-6 of the exact stream (csrc/philox.h);
-# the contract allows 1e-5.
-NOISE_TOL = 1e-5
 
 
 def make_inputs(shape, dtype=torch.float32, seed=0, device="cpu", count=3):
@@ -33,21 +26,6 @@ def make_inputs(shape, dtype=torch.float32, seed=0, device="cpu", count=3):
             for _ in range(count)]
 
 
-def expected_update(x, g, noise, a, s, lam=0.0, clamp=None):
-    """The formula in float64 from the (already rounded) inputs, and the size of its terms."""
-    x64, g64, n64 = x.double(), g.double(), noise.double()
-    y = x64 - a * (g64 + lam * x64) + s * n64
-    scale = x64.abs() + a * (g64.abs() + abs(lam) * x64.abs()) + s * n64.abs() + 1e-30
-    if clamp is not None:
-        y = y.clamp(*clamp)
-    return y, scale
-
-
-def assert_update_close(y, x, g, noise, a, s, lam=0.0, clamp=None, noise_err=0.0):
-    """|y - formula| <= TOLERANCE * term size + s * noise_err (clamping is 1-Lipschitz)."""
-    want, scale = expected_update(x, g, noise, a, s, lam, clamp)
-    rel = (((y.double() - want).abs() - s * noise_err) / scale).max().item()
-    assert rel <= TOLERANCE[x.dtype], f"max relative error {rel:.3g} for {x.dtype}"
 
 
 def exact_stream(n, seed, offset, device):

@@ -146,3 +146,34 @@ def test_bad_part_names_are_refused(capsys):
     with pytest.raises(SystemExit):
         R.main(["--datasets", "moons", "--table-only"])
     assert "unknown ['moons']" in capsys.readouterr().err
+
+
+def test_digits_methods_without_a_generator_are_judged_by_their_ebm_chain(tmp_path):
+    # shortrun and persistent report no generator metric: judged on it, their curve was empty, never
+    # flat, and every run went to the largest budget whatever it did.
+    root = str(tmp_path)
+    shortrun, dual = R.Cell("digits", "shortrun", 0), R.Cell("digits", "dual", 0)
+    _write_metrics(root, shortrun, _curve(shortrun, [490.0] * 10, key="frechet_ebm"))
+    assert R.curve_key("digits", "shortrun") == "frechet_ebm"
+    assert R.status(shortrun, root) == ("done", shortrun.first_budget) and R.converged(shortrun, root)
+    # a generator method is judged by its generator, whatever its EBM chain does
+    _write_metrics(root, dual, [{**e, "frechet_ebm": 90.0} for e in
+                                _curve(dual, [200 * 0.8 ** i for i in range(10)], key="frechet_generator")])
+    assert R.curve_key("digits", "dual") == "frechet_generator"
+    assert R.status(dual, root) == ("run", 2 * dual.first_budget)
+
+
+def test_digits_figure_draws_every_method(tmp_path, monkeypatch):
+    root = str(tmp_path / "runs")
+    cells = [R.Cell("digits", m, 0) for m in ("shortrun", "dual")]
+    _write_metrics(root, cells[0], _curve(cells[0], [490.0] * 10, key="frechet_ebm"))
+    _write_metrics(root, cells[1], [{**e, "frechet_ebm": 90.0} for e in _curve(cells[1], [60.0] * 10,
+                                                                                key="frechet_generator")])
+    drawn = []
+    plot_method = R._plot_method
+    monkeypatch.setattr(R, "_plot_method", lambda ax, hists, key, method, color:
+                        plot_method(ax, hists, key, method, color) and not drawn.append((key, method)))
+    assert R.plot_curves("digits", {("digits", c.method): [c] for c in cells}, root, str(tmp_path / "d.png"))
+    # both methods on the EBM-chain panel, the generator panel only for dual
+    assert sorted(drawn) == [("frechet_ebm", "dual"), ("frechet_ebm", "shortrun"), ("frechet_generator", "dual")]
+    assert os.path.exists(tmp_path / "d.png")

@@ -6,7 +6,8 @@
 
 Every run is one ``langevin-train`` command in its own process with one thread. Budgets come from
 learning curves: a run starts at its data set's first budget, evaluating every tenth of it; when
-its curve (grid KL for the toys, the generator's Frechet distance for digits) reached a new best in
+its curve (grid KL for the toys; for digits the generator's Frechet distance, or the EBM chain's for
+the methods without a generator) reached a new best in
 the last 20 % of training (by more than 10 %), the run is resumed to twice the budget, up to
 MAX_DOUBLINGS times.
 Finished runs (converged, or at the largest budget) are skipped, so a sweep resumes where it
@@ -45,7 +46,10 @@ MAX_DOUBLINGS = 2        # at most 4x the first budget
 SEEDS = (0, 1, 2)
 FLAT_SHARE = 0.2         # the last 20 % of training ...
 FLAT_TOLERANCE = 0.10    # ... improves the best value of the curve metric by at most 10 % (or by
-FLAT_ABSOLUTE = {"grid_kl": 0.02, "frechet_generator": 1.0}  # less than these absolute amounts)
+FLAT_ABSOLUTE = {"grid_kl": 0.02, "frechet_generator": 1.0, "frechet_ebm": 1.0}  # less than these amounts)
+#: The methods that train a generator (the others are judged on digits by their EBM chain).
+GENERATOR_METHODS = ("dual", "coop", "vaebm-teach")
+assert set(GENERATOR_METHODS) <= set(METHODS)
 
 # (metrics.json key, column title, decimals); lower is better except modes covered.
 TOY_COLUMNS = (("grid_kl", "grid KL (EBM)", 3), ("mmd2_ebm", "MMD² (EBM chain)", 4),
@@ -56,9 +60,12 @@ DIGITS_COLUMNS = (("frechet_ebm", "Fréchet (EBM chain)", 1), ("frechet_generato
 FIGURES = "figures"  # beside the report
 
 
-def curve_key(dataset: str) -> str:
-    """The metric whose learning curve decides convergence."""
-    return "frechet_generator" if dataset == "digits" else "grid_kl"
+def curve_key(dataset: str, method: str) -> str:
+    """The metric whose learning curve decides convergence: grid KL on the toys; on digits the
+    generator's Frechet distance, or the EBM chain's for a method without a generator."""
+    if dataset != "digits":
+        return "grid_kl"
+    return "frechet_generator" if method in GENERATOR_METHODS else "frechet_ebm"
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def status(cell: Cell, out_root: str) -> tuple[str, int]:
 def converged(cell: Cell, out_root: str) -> bool:
     """True when the cell's learning curve is flat at its last evaluation (is_flat); a run stopped
     at the largest budget while still improving is done but not converged."""
-    key = curve_key(cell.dataset)
+    key = curve_key(cell.dataset, cell.method)
     curve = [(int(e["iteration"]), float(e[key])) for e in history(cell, out_root)
              if isinstance(e.get(key), (int, float))]
     return is_flat(curve, key)
@@ -223,40 +230,49 @@ def table(groups: dict[tuple[str, str], list[Cell]], dataset: str, columns, out_
 
 
 def plot_curves(dataset: str, groups: dict[tuple[str, str], list[Cell]], out_root: str, path: str) -> bool:
-    """One figure per data set: the curve metric against iteration, every method on one axes
-    (each seed a thin line, the seed mean where seeds share iterations a thick one)."""
+    """One figure per data set, every method on the same axes (each seed a thin line, the seed mean
+    where seeds share iterations a thick one): grid KL for a toy; for digits two panels, the EBM
+    chain's Frechet distance (every method) and the generator's (the methods that have one)."""
     plt = pyplot("the RESULTS.md figures")
 
-    key = curve_key(dataset)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    keys = ["frechet_ebm", "frechet_generator"] if dataset == "digits" else ["grid_kl"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4), squeeze=False)
     drawn = False
-    for i, ((d, method), group) in enumerate(groups.items()):
-        if d != dataset:
-            continue
-        color = f"C{i % 10}"
-        curves = []
-        for cell in group:
-            pts = curve_points(history(cell, out_root), key)   # grid KL and Frechet are positive
-            if pts:
-                ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.5)
-                curves.append(dict(pts))
-        if curves:
-            shared = sorted(set.intersection(*(set(c) for c in curves)))
-            ax.plot(shared, [statistics.fmean(c[i] for c in curves) for i in shared], color=color, lw=2,
-                    label=f"{method} ({len(curves)} seeds)")
-            drawn = True
-    if not drawn:
-        plt.close(fig)
-        return False
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel({"grid_kl": "grid KL(data || exp(-E/T))", "frechet_generator": "Fréchet (generator)"}[key])
-    ax.set_title(f"{dataset}: learning curves")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    for ax, key in zip(axes[0], keys):
+        for i, ((d, method), group) in enumerate(groups.items()):
+            if d == dataset:
+                drawn |= _plot_method(ax, [history(c, out_root) for c in group], key, method, f"C{i % 10}")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(CURVE_LABELS[key])
+        ax.set_title(f"{dataset}: learning curves")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if drawn:
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
     plt.close(fig)
+    return drawn
+
+
+CURVE_LABELS = {"grid_kl": "grid KL(data || exp(-E/T))", "frechet_ebm": "Fréchet (EBM chain)",
+                "frechet_generator": "Fréchet (generator)"}
+
+
+def _plot_method(ax, histories: list[list[dict]], key: str, method: str, color: str) -> bool:
+    """One method's seeds on ax; False when none of them recorded the metric."""
+    curves = []
+    for hist in histories:
+        pts = curve_points(hist, key)   # grid KL and Frechet are positive
+        if pts:
+            ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.5)
+            curves.append(dict(pts))
+    if not curves:
+        return False
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    ax.plot(shared, [statistics.fmean(c[i] for c in curves) for i in shared], color=color, lw=2,
+            label=f"{method} ({len(curves)} seeds)")
     return True
 
 
@@ -274,7 +290,8 @@ def write_report(all_cells: list[Cell], out_root: str, path: str) -> None:
         "Generated by `python -m langevin_kernels.train.results` (train/results.py). Each row is the final",
         f"evaluation of `langevin-train` runs, mean ± std over the seeds done (of {seeds}); every method",
         "uses the same preset (network sizes, chain lengths, learning rates); CPU, one thread per run.",
-        "Budgets come from learning curves: a run whose curve metric (grid KL; digits: generator Fréchet)",
+        "Budgets come from learning curves: a run whose curve metric (grid KL; digits: the generator's",
+        "Fréchet, the EBM chain's for methods without a generator)",
         f"reached a new best in its last {FLAT_SHARE:.0%} (better than the best before by more than "
         f"{FLAT_TOLERANCE:.0%}) was resumed to twice its budget, at most {2 ** MAX_DOUBLINGS}x the",
         "first; *budget* lists the final budgets of a row's runs, *converged* how many of its finished",

@@ -68,7 +68,7 @@ def test_budget_doubles_while_the_curve_falls(tmp_path):
     _write_metrics(root, cell, _curve(cell, falling + [0.25] * 9 + [0.249]))
     assert R.status(cell, root) == ("done", 2 * first)
     # at the largest budget a run is done even if still falling
-    largest = first * 2 ** R.MAX_DOUBLINGS
+    largest = cell.largest_budget
     _write_metrics(root, cell, _curve(cell, [1.0 / (i + 1) for i in range(largest // (first // 10))]))
     assert R.status(cell, root) == ("done", largest)
 
@@ -106,7 +106,7 @@ def test_table_reports_mean_sample_std_and_wall_time(tmp_path):
 def test_table_tells_runs_stopped_at_the_largest_budget_from_converged_ones(tmp_path):
     root = str(tmp_path)
     flat, capped = R.Cell("pinwheel", "dual", 0), R.Cell("pinwheel", "dual", 1)
-    largest = flat.first_budget * 2 ** R.MAX_DOUBLINGS
+    largest = flat.largest_budget
     n = largest // (flat.first_budget // 10)
     _write_metrics(root, flat, _curve(flat, [1.0] * n))
     _write_metrics(root, capped, _curve(capped, [2 * 0.9 ** i for i in range(n)]))  # -57 % in the last fifth
@@ -177,3 +177,15 @@ def test_digits_figure_draws_every_method(tmp_path, monkeypatch):
     # both methods on the EBM-chain panel, the generator panel only for dual
     assert sorted(drawn) == [("frechet_ebm", "dual"), ("frechet_ebm", "shortrun"), ("frechet_generator", "dual")]
     assert os.path.exists(tmp_path / "d.png")
+
+
+def test_a_toy_run_stopped_at_the_old_first_budget_resumes_to_the_new_one(tmp_path):
+    # runs finished under an earlier, shorter first budget are not final: the sweep extends them,
+    # evaluating at the same spacing as before (200 iterations on the toys).
+    root = str(tmp_path)
+    cell = R.Cell("8gaussians", "dual", 2)
+    _write_metrics(root, cell, [{"iteration": 200 * (i + 1), "grid_kl": 0.6} for i in range(10)])  # flat at 2000
+    assert R.status(cell, root) == ("run", cell.first_budget) and cell.first_budget > 2000
+    argv = cell.argv(root, cell.first_budget)
+    assert argv[argv.index("--eval-every") + 1] == "200"
+    assert cell.first_budget < cell.largest_budget

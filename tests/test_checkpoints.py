@@ -24,7 +24,7 @@ from langevin_kernels.dispatch import unavailable_reason
 from langevin_kernels.train.checkpoints import (CHECKPOINT, CheckpointError, atomic_save, load_checkpoint,
                                                 remove_stale_temps)
 from langevin_kernels.train.cli import main as cli_main
-from langevin_kernels.train.config import preset
+from langevin_kernels.train.config import DUAL_ONLY_KEYS, preset
 from langevin_kernels.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -348,3 +348,35 @@ def test_divergence_after_a_checkpoint_names_its_iteration(tmp_path):
     with pytest.raises(TrainingDiverged, match=rf"iteration 3: .*checkpoint, of iteration 2 \({re.escape(str(tmp_path / CHECKPOINT))}\), was kept"):
         trainer.train()
     assert load_checkpoint(str(tmp_path / CHECKPOINT))["iteration"] == 2
+
+
+# ----------------------------------------------------------------------------- settings a method never reads
+
+DUAL_ONLY_CHANGED = dict(latent_sigma=0.05, z_steps=3, z_step=0.3, z_noise=0.2, teach_weight=7.0,
+                         infer_teach_weight=0.7)
+
+
+@pytest.mark.parametrize("method", ["coop", "vaebm-teach", "shortrun", "persistent"])
+def test_dual_only_settings_change_nothing_in_the_other_methods(tmp_path, method):
+    # The premise of resuming across DUAL_ONLY_KEYS: two iterations with them changed train
+    # bit-identical parameters. Fails as soon as another method starts reading one of them.
+    assert set(DUAL_ONLY_CHANGED) == DUAL_ONLY_KEYS
+    states = []
+    for i, over in enumerate(({}, DUAL_ONLY_CHANGED)):
+        trainer = Trainer(_tiny(method=method, **over), str(tmp_path / str(i)), progress=False)
+        trainer.train()
+        states.append(_params(trainer.state_dict()))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_checkpoint_resumes_across_settings_its_method_never_reads(tmp_path, capsys):
+    coop = tmp_path / "coop"
+    Trainer(_tiny(method="coop", iters=1, teach_weight=10.0, latent_sigma=0.1), str(coop), progress=False).save()
+    assert cli_main(TINY_ARGS + ["--out", str(coop), "--method", "coop"]) == 0   # the preset's 1.0 and 0.3
+    assert load_checkpoint(str(coop / CHECKPOINT))["iteration"] == 2
+    dual = tmp_path / "dual"   # dual reads them: refused, both named
+    Trainer(_tiny(iters=1, teach_weight=10.0, latent_sigma=0.1), str(dual), progress=False).save()
+    assert cli_main(TINY_ARGS + ["--out", str(dual)]) == 2
+    err = capsys.readouterr().err
+    assert "teach_weight: checkpoint 10.0, requested 1.0" in err and "latent_sigma: checkpoint 0.1" in err

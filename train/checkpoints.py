@@ -12,6 +12,8 @@ import re
 
 import torch
 
+from .config import DUAL_ONLY_KEYS
+
 CHECKPOINT = "checkpoint.pt"
 TMP_MARK = ".tmp"  # temp files are "<final name>.tmp<pid>" in the final file's directory
 
@@ -182,10 +184,14 @@ def load_checkpoint(path: str, map_location=None) -> dict:
 
 
 def config_differences(saved: dict, requested: dict) -> dict:
-    """{key: (saved, requested)} for the keys outside RESUMABLE_KEYS whose values differ."""
+    """{key: (saved, requested)} for the keys outside RESUMABLE_KEYS whose values differ; for a
+    method other than dual-MCMC, also outside DUAL_ONLY_KEYS (settings it never reads)."""
+    ignored = RESUMABLE_KEYS
+    if saved.get("method") == requested.get("method") != "dual":
+        ignored = ignored | DUAL_ONLY_KEYS
     out = {}
     for key in sorted(set(saved) | set(requested)):
-        if key in RESUMABLE_KEYS:
+        if key in ignored:
             continue
         a, b = saved.get(key, "<absent>"), requested.get(key, "<absent>")
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

@@ -14,6 +14,10 @@ import numbers
 from dataclasses import dataclass
 
 METHODS = ("dual", "coop", "shortrun", "persistent", "vaebm-teach")
+#: Settings that only dual-MCMC reads (its latent chain and its two teaching weights): a checkpoint
+#: of another method resumes whatever their values, since they cannot have changed what it trained
+#: (tests/test_checkpoints.py trains every other method with them changed and compares).
+DUAL_ONLY_KEYS = frozenset({"latent_sigma", "z_steps", "z_step", "z_noise", "teach_weight", "infer_teach_weight"})
 CONFIGS = ("toy2d", "digits", "cifar10", "celeba64")
 IMAGE_SIZES = (32, 64)   # what the image models support (models/images.py)
 MAX_SEED = 2 ** 31       # chain seeds are (seed << 24) + ...: must stay an int64

@@ -35,6 +35,7 @@ from langevin_kernels._optional import pyplot
 from .config import METHODS
 from .data import TOY_DATASETS
 from .evaluation import curve_points
+from .methods import METHOD_CLASSES
 
 #: The data sets of the sweep (a selection of data.TOY_DATASETS, plus digits) and each one's first
 #: budget in iterations; a budget doubles while the learning curve is not flat, up to the largest.
@@ -51,9 +52,6 @@ SEEDS = (0, 1, 2)
 FLAT_SHARE = 0.2         # the last 20 % of training ...
 FLAT_TOLERANCE = 0.10    # ... improves the best value of the curve metric by at most 10 % (or by
 FLAT_ABSOLUTE = {"grid_kl": 0.02, "frechet_generator": 1.0, "frechet_ebm": 1.0}  # less than these amounts)
-#: The methods that train a generator (the others are judged on digits by their EBM chain).
-GENERATOR_METHODS = ("dual", "coop", "vaebm-teach")
-assert set(GENERATOR_METHODS) <= set(METHODS)
 
 # (metrics.json key, column title, decimals); lower is better except modes covered.
 TOY_COLUMNS = (("grid_kl", "grid KL (EBM)", 3), ("mmd2_ebm", "MMD² (EBM chain)", 4),
@@ -69,7 +67,7 @@ def curve_key(dataset: str, method: str) -> str:
     generator's Frechet distance, or the EBM chain's for a method without a generator."""
     if dataset != "digits":
         return "grid_kl"
-    return "frechet_generator" if method in GENERATOR_METHODS else "frechet_ebm"
+    return "frechet_generator" if "generator" in METHOD_CLASSES[method].uses else "frechet_ebm"
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ def status(cell: Cell, out_root: str) -> tuple[str, int]:
         budget *= 2
     if last < budget:
         return "run", budget  # an interrupted run: finish its budget
-    if converged(cell, out_root) or budget >= largest:
+    if _flat(cell, hist) or budget >= largest:
         return "done", budget
     return "run", budget * 2
 
@@ -157,10 +155,12 @@ def status(cell: Cell, out_root: str) -> tuple[str, int]:
 def converged(cell: Cell, out_root: str) -> bool:
     """True when the cell's learning curve is flat at its last evaluation (is_flat); a run stopped
     at the largest budget while still improving is done but not converged."""
+    return _flat(cell, history(cell, out_root))
+
+
+def _flat(cell: Cell, hist: list[dict]) -> bool:
     key = curve_key(cell.dataset, cell.method)
-    curve = [(int(e["iteration"]), float(e[key])) for e in history(cell, out_root)
-             if isinstance(e.get(key), (int, float))]
-    return is_flat(curve, key)
+    return is_flat([(int(e["iteration"]), float(e[key])) for e in hist if isinstance(e.get(key), (int, float))], key)
 
 
 def final_metrics(cell: Cell, out_root: str) -> dict | None:

@@ -20,13 +20,26 @@ class DualAveraging:
     kept sample, so those samples come from one fixed kernel.
     """
 
-    def __init__(self, initial_step_size, target_accept=0.574, gamma=0.05, t0=10.0, kappa=0.75):
-        eps0 = torch.as_tensor(initial_step_size)
-        if eps0.dim() != 1 or not torch.is_floating_point(eps0):
-            raise ValueError(f"initial_step_size must be a floating [B] tensor (one per chain), got shape "
-                             f"{tuple(eps0.shape)} dtype {eps0.dtype}")
-        if not bool((eps0 > 0).all()):
-            raise ValueError("initial_step_size must be positive for every chain")
+    def __init__(self, initial_step_size, target_accept=0.574, gamma=0.05, t0=10.0, kappa=0.75, *,
+                 n_chains=None, device=None):
+        """`initial_step_size`: a [B] tensor of positive step sizes, or one positive number for
+        `n_chains` chains on `device`. The number form is checked on the host and filled on the
+        device, so building the adapter never waits for the device; a tensor is checked with one
+        device read."""
+        if isinstance(initial_step_size, (int, float)) and not isinstance(initial_step_size, bool):
+            if n_chains is None or int(n_chains) < 1:
+                raise ValueError(f"a number as initial_step_size needs n_chains >= 1 (one step size per "
+                                 f"chain), got n_chains={n_chains}")
+            if not (math.isfinite(initial_step_size) and initial_step_size > 0):
+                raise ValueError(f"initial_step_size must be positive and finite, got {initial_step_size}")
+            eps0 = torch.full((int(n_chains),), float(initial_step_size), dtype=torch.float64, device=device)
+        else:
+            eps0 = torch.as_tensor(initial_step_size, device=device)
+            if eps0.dim() != 1 or not torch.is_floating_point(eps0):
+                raise ValueError(f"initial_step_size must be a floating [B] tensor (one per chain) or a "
+                                 f"number with n_chains, got shape {tuple(eps0.shape)} dtype {eps0.dtype}")
+            if not bool(((eps0 > 0) & eps0.isfinite()).all()):
+                raise ValueError("initial_step_size must be positive and finite for every chain")
         if not 0.0 < target_accept < 1.0:
             raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
         if gamma <= 0 or t0 < 0 or not 0.5 < kappa <= 1.0:

@@ -247,14 +247,22 @@ class CompiledRunner:
             except Exception:  # noqa: BLE001 - a guard failed (e.g. the energy's module changed mode) and
                 pass           # dynamo retraces: autograd.grad needs TRACING, so compile again below
         t0 = time.perf_counter()
-        try:
-            with torch._dynamo.config.patch(**TRACING), torch.no_grad():
-                out = self._compiled_block()(*args)
-        except Exception as exc:   # noqa: BLE001 - any tracing/compile failure means: run uncompiled
-            self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
-                          f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
-            return None
+        failures = []
+        while True:
+            try:
+                with torch._dynamo.config.patch(**TRACING), torch.no_grad():
+                    out = self._compiled_block()(*args)
+                break
+            except Exception as exc:   # noqa: BLE001 - any tracing/compile failure: the other gradient, then uncompiled
+                failures.append(f"{self.chain._traced_gradient} gradient: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                if self.chain._traced_gradient == "func" or self.chain.differentiable:
+                    self.failed = "; ".join(failures)
+                    warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
+                                  f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
+                    return None
+                self.chain._traced_gradient = "func"   # e.g. torch < 2.13: dynamo cannot trace requires_grad_
+                log.info("%s: %s; compiling with torch.func.grad instead", type(self.chain).__name__, failures[-1])
         self._seen.add(key)
         seconds = time.perf_counter() - t0
         self.compile_seconds += seconds

@@ -27,7 +27,10 @@ def test_nan_acceptance_counts_as_rejection_and_shrinks_the_step():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(initial_step_size=0.1), "initial_step_size must be a floating \\[B\\] tensor"),
+    (dict(initial_step_size=0.1), "needs n_chains"),
+    (dict(initial_step_size=0.0, n_chains=4), "positive and finite"),
+    (dict(initial_step_size=float("nan"), n_chains=4), "positive and finite"),
+    (dict(initial_step_size=torch.tensor([0.1, float("inf")])), "positive and finite"),
     (dict(initial_step_size=torch.ones(2, 2)), "initial_step_size must be a floating \\[B\\] tensor"),
     (dict(initial_step_size=torch.tensor([0.1, -1.0])), "positive"),
     (dict(initial_step_size=torch.ones(2), target_accept=1.0), "target_accept"),
@@ -36,6 +39,16 @@ def test_nan_acceptance_counts_as_rejection_and_shrinks_the_step():
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DualAveraging(**kwargs)
+
+
+def test_a_number_for_n_chains_is_the_same_adapter_as_its_tensor():
+    from_number = DualAveraging(0.05, n_chains=3)
+    from_tensor = DualAveraging(torch.full((3,), 0.05, dtype=torch.float64))
+    for accept in ([0.9, 0.2, 0.5], [0.1, 0.8, 0.6]):
+        from_number.update(torch.tensor(accept))
+        from_tensor.update(torch.tensor(accept))
+    assert from_number.final_step_size.dtype == torch.float64
+    torch.testing.assert_close(from_number.final_step_size, from_tensor.final_step_size, rtol=0, atol=0)
 
 
 def _eager_mala(energy, x, step, n_steps, generator, adapt=None):

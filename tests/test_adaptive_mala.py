@@ -12,6 +12,8 @@ from langevin_kernels.chains.mala import log_q_ratio
 from langevin_kernels.diagnostics import effective_sample_size
 from langevin_kernels.targets import GaussianMixture2D, IllConditionedGaussian
 
+from host_reads import HostReadError, forbid_host_reads
+
 BAND = (0.50, 0.65)
 
 
@@ -149,6 +151,20 @@ def test_chains_started_at_different_scales_reach_the_band_and_the_moments(make_
     # error of about 0.02-0.03 (autocorrelated decisions), so 0.50-0.65 is ~3 SE either side.
     assert _fraction_in_band(chain) >= 0.95
     _check_moments(traj, target)
+
+
+def test_adapted_chain_reads_nothing_on_the_host_until_the_end():
+    # The CPU twin of the CUDA test below: host reads are what make a GPU wait, and the dispatch
+    # mode raises at each one (bool(t), t.item(), nonzero, ...). Its first version found the
+    # adapter validating its chain-built initial steps with a device read.
+    target = IllConditionedGaussian()
+    x0 = _spread_start(target, 16, target.dim)
+    _adapted_chain(target.energy, n_steps=20, warmup=30, on_nonfinite="ignore").run(x0)  # one-time setup
+    chain = _adapted_chain(target.energy, n_steps=20, warmup=30, on_nonfinite="ignore")
+    with forbid_host_reads():
+        chain.run(x0)
+    with pytest.raises(HostReadError), forbid_host_reads():   # the mode is live: a read is caught
+        bool((x0 > 0).all())
 
 
 @pytest.mark.gpu

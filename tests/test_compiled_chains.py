@@ -2,6 +2,8 @@
 across runs, offsets, schedules or optimizer steps, and a warned fallback for energies that
 cannot be compiled. Most tests compile with the aot_eager backend (dynamo + AOT autograd, no
 C++ code generation) to keep CI fast; one test runs inductor end to end."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -148,6 +150,54 @@ def test_uncompilable_energy_warns_and_falls_back(one_thread):
     torch.testing.assert_close(got, lk.DataChain(energy, **common).run(x0))
 
 
+def _func_gradient_chains():
+    """(name, make chain(**options), run(chain)) for each chain kind with a compiled runner."""
+    gen = nn.Linear(3, 5)
+    z0, x = torch.randn(10, 3), torch.randn(10, 5)
+    x0 = torch.randn(16, 3)
+    steps = dict(n_steps=6, step_size=0.01, noise_scale=0.1, seed=2)
+    return [
+        ("data", lambda **o: lk.DataChain(double_well, grad_clip=3.0, **steps, **o), lambda c: c.run(x0)),
+        ("mala", lambda **o: lk.DataChain(double_well, mala=True, **steps, **o), lambda c: c.run(x0)),
+        ("latent", lambda **o: lk.LatentChain(gen, sigma=0.5, **steps, **o), lambda c: c.run(z0, x)),
+        ("kinetic", lambda **o: lk.KineticChain(double_well, n_steps=6, step_size=0.05, friction=1.0, seed=2, **o),
+         lambda c: c.run(x0)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["data", "mala", "latent", "kinetic"])
+def test_func_gradient_blocks_equal_uncompiled(case, one_thread):
+    # torch.func.grad is how compiled blocks differentiate on a torch whose dynamo cannot trace
+    # requires_grad_ (2.11, the GPU machines' torch); this torch takes the autograd route, so
+    # the func route is forced here to keep it tested.
+    _, make, run = _func_gradient_chains()[case]
+    want = run(make())
+    chain = make(compile={"backend": "aot_eager"})
+    chain._traced_gradient = "func"
+    got = run(chain)
+    assert chain.compile_failed is None and chain._traced_gradient == "func"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_untraceable_autograd_gradient_switches_to_func(one_thread, monkeypatch):
+    from langevin_kernels.chains import core
+    plain_gradient = core._gradient
+
+    def gradient(*args):   # what torch 2.11's dynamo does with x.detach().requires_grad_()
+        if torch.compiler.is_compiling():
+            raise RuntimeError("simulated: dynamo cannot trace this gradient")
+        return plain_gradient(*args)
+    monkeypatch.setattr(core, "_gradient", gradient)
+    common = dict(n_steps=8, step_size=0.01, noise_scale=0.1, seed=4)
+    x0 = torch.randn(8, 2)
+    chain = lk.DataChain(double_well, compile={"backend": "aot_eager"}, compile_block=4, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # the switch is silent: no fallback warning
+        got = chain.run(x0)
+    assert chain.compile_failed is None and chain._traced_gradient == "func"
+    torch.testing.assert_close(got, lk.DataChain(double_well, **common).run(x0), rtol=1e-5, atol=1e-5)
+
+
 def test_compile_refuses_differentiable_and_bad_values():
     with pytest.raises(ValueError, match="compile=True cannot be combined with differentiable=True"):
         lk.DataChain(double_well, n_steps=2, step_size=0.1, noise_scale=0.1, compile=True, differentiable=True)
@@ -248,3 +298,35 @@ def test_inductor_adapted_mala_equals_uncompiled(one_thread):
     torch.testing.assert_close(compiled.run(x0), plain.run(x0), rtol=1e-10, atol=1e-10)
     assert compiled.compile_failed is None
     assert torch.equal(compiled.stats.acceptance_per_chain, plain.stats.acceptance_per_chain)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["data", "mala", "latent"])
+def test_compiled_and_captured_on_cuda_equals_uncompiled(kind):
+    """compile=True with capture_graph=True: replays of compiled blocks equal the plain chain, and
+    really are compiled (on torch 2.11 the blocks once fell back with a warning only)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+    net = mlp(4).cuda()
+    steps = dict(n_steps=10, step_size=0.01, noise_scale=0.1, seed=5, offset=3)
+    if kind == "latent":
+        gen = nn.Linear(4, 6).cuda()
+        make = lambda **o: lk.LatentChain(gen, sigma=0.5, **steps, **o)
+        z0 = torch.randn(32, 4, device="cuda")
+        observations = [torch.randn(32, 6, device="cuda") for _ in range(3)]
+        runs = [lambda c, x=x: c.run(z0, x) for x in observations]
+    else:
+        make = lambda **o: lk.DataChain(lambda x: net(x).squeeze(1), mala=kind == "mala", clamp=(-3.0, 3.0),
+                                        **steps, **o)
+        x0 = torch.randn(64, 4, device="cuda")
+        runs = [lambda c: c.run(x0)] * 3
+    plain, fast = make(), make(compile=True, capture_graph=True, compile_block=5)
+    outputs = []
+    for run in runs:   # the first run captures, the others replay (fresh noise each)
+        want, got = run(plain), run(fast)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert fast.offset == plain.offset
+        outputs.append(got)
+    assert not torch.equal(outputs[1], outputs[2]) or kind == "latent"
+    assert fast.compile_failed is None and fast.compile_seconds > 0
+    assert fast._graph is not None

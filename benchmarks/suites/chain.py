@@ -194,13 +194,32 @@ def reference_noises(x0: torch.Tensor):
     return noises
 
 
+def func_step(case: ChainCase, x, cond, noise=None):
+    """eager_step with torch.func.grad: what torch.compile users write where dynamo cannot trace
+    requires_grad_ (torch 2.11, the GPU machines' torch)."""
+    grad = torch.func.grad(lambda z: case.energy(z, cond).sum())(x)
+    if noise is None:
+        noise = torch.randn_like(x)
+    x = x - case.step_size * grad + case.noise_scale * noise
+    return x if case.clamp is None else torch.clamp(x, *case.clamp)
+
+
 def _compiled_step(case: ChainCase):
-    """torch.compile of one eager chain step, fullgraph with autograd.grad traced by dynamo."""
-    compiled = torch.compile(functools.partial(eager_step, case), fullgraph=True, dynamic=False)
+    """torch.compile of one eager chain step, fullgraph with autograd.grad traced by dynamo; of
+    func_step where this torch cannot trace that (the record's torch version tells which)."""
+    forms = [functools.partial(eager_step, case), functools.partial(func_step, case)]
+    compiled = [torch.compile(f, fullgraph=True, dynamic=False) for f in forms]
+    chosen = {}
 
     def step(*args):
         with torch._dynamo.config.patch(trace_autograd_ops=True):
-            return compiled(*args)
+            if "form" in chosen:
+                return compiled[chosen["form"]](*args)
+            try:
+                out, chosen["form"] = compiled[0](*args), 0
+            except torch._dynamo.exc.Unsupported:
+                out, chosen["form"] = compiled[1](*args), 1
+            return out
     return step
 
 
@@ -235,7 +254,10 @@ def _lk_variant(case: ChainCase, backend: str, label: str, options: dict, compil
 
     def check():
         chain.offset = 0
-        return run(0)
+        out = run(0)
+        if compiled and chain.compile_failed:   # else the row would time the uncompiled loop as "compile"
+            raise RuntimeError(f"compile=True fell back to the uncompiled loop: {chain.compile_failed}")
+        return out
 
     return Variant(name, run, check, context=functools.partial(lk.use_backend, backend), note=note,
                    compiled=compiled)
@@ -282,7 +304,7 @@ def _jax_variant(case: ChainCase, device) -> Variant:
 
 def _backends(device) -> list[str]:
     """The fused backends worth timing in chains (the eager oracle is left to the step suite)."""
-    names = ("cpp",) if device.type == "cpu" else ("triton", "cuda")
+    names = ("cpp",) if device.type == "cpu" else ("cuda", "triton")   # the default first (dispatch.py)
     return [name for name in names if dispatch.unavailable_reason(name, device) is None]
 
 
@@ -304,7 +326,8 @@ def build_variants(case: ChainCase, device, *, with_compile: bool) -> list[Varia
         compiled = _compiled_step(case)
         variants.append(Variant("compile", lambda i: run_loop(compiled, case, case.x0s[i], case.conds[i]),
                                 lambda: run_loop(compiled, case, x0, cond, case.noises), compiled=True,
-                                note="torch.compile(one eager step, fullgraph), looped"))
+                                note="torch.compile(one eager step, fullgraph; torch.func.grad where dynamo "
+                                "cannot trace requires_grad_), looped"))
     else:
         variants.append(Variant("compile", unavailable=QUICK_COMPILE_SKIP))
     backends = _backends(device)

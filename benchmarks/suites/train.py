@@ -182,8 +182,15 @@ def _variant(name: str, case: str, device, data, *, smoke: bool, options: dict |
         method = _method(cfg, tuple(data[0].shape[1:]))
     except (TypeError, ValueError) as exc:
         return Variant(name, unavailable=f"TrainConfig({options}) is refused: {type(exc).__name__}: {exc}")
-    return Variant(name, lambda i: method.train_step(data[i % len(data)]), context=context, note=note,
-                   compiled=compiled)
+    def run(i):
+        out = method.train_step(data[i % len(data)])
+        if compiled:   # a chain that fell back to its uncompiled loop would time as "compile" and lie
+            fell_back = {k: c.compile_failed for k, c in method.chains.items() if c.compile_failed}
+            if fell_back:
+                raise RuntimeError(f"compile=True fell back to the uncompiled loop: {fell_back}")
+        return out
+
+    return Variant(name, run, context=context, note=note, compiled=compiled)
 
 
 def _eager_op_variant(case: str, device, data, *, smoke: bool) -> Variant:

@@ -52,6 +52,11 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
     """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
 
     _compiled_runner = CompiledRunner   # what compile=True runs (KineticChain: its own blocks)
+    # How a compiled block differentiates the energy: "autograd" (torch.autograd.grad on a fresh
+    # leaf, which dynamo traces from torch 2.13) or "func" (torch.func.grad, which the dynamo of
+    # older torch, 2.11 among them, traces but which refuses energies that write their buffers,
+    # such as BatchNorm in train mode). The runner switches to "func" when "autograd" fails.
+    _traced_gradient = "autograd"
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,
@@ -197,6 +202,10 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             if value.dim() != 1 or not bool((torch.isfinite(value) & (value > 0)).all()):
                 raise ValueError(f"step_sizes_per_chain must be a [B] tensor of finite values > 0, got shape "
                                  f"{tuple(value.shape)}")
+        self._keep_step_sizes_per_chain(value)
+
+    def _keep_step_sizes_per_chain(self, value) -> None:
+        """Store checked (or adapter-made, positive by construction) per-chain steps: no device read."""
         self._step_sizes_per_chain = value
         self._chain_coefficients = None
 
@@ -225,8 +234,9 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         Eager also with compile=True: it runs once per chain, and compiling it would cost more
         than it saves (docs/chains.md, "Adapted per-chain MALA in DataChain")."""
         math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        initial = torch.full((x.shape[0],), self.step_sizes[0], dtype=torch.float64, device=x.device)
-        adapter = DualAveraging(initial, target_accept=self.target_accept)
+        # the number form: no device read to validate a value the chain already checked on the host
+        adapter = DualAveraging(float(self.step_sizes[0]), target_accept=self.target_accept,
+                                n_chains=x.shape[0], device=x.device)
         advance = noise_offset_advance(x.numel())
         current = self._mala_current(x)
         scale = math.sqrt(2.0 * self._temperature)
@@ -238,7 +248,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
                               prior_weight=self.prior_weight)
             normals = philox_normal(x.shape[0], seed=self.accept_seed, offset=offset, device=x.device)
             x, current, _ = self._mala_accept(x, y, current, a, s, normals, adaptation=adapter)
-        self.step_sizes_per_chain = adapter.final_step_size.detach()
+        self._keep_step_sizes_per_chain(adapter.final_step_size.detach())   # exp(finite): > 0, no check
         return x
 
 
@@ -252,6 +262,8 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if not torch.is_grad_enabled():   # e.g. a run under torch.no_grad(): dE/dx still needs autograd
             with torch.enable_grad():
                 return self._energy_and_grad(x)
+        if self._traced_gradient == "func" and not self.differentiable and torch.compiler.is_compiling():
+            return self._energy_and_grad_by_func(x)
         if self.differentiable:
             leaf = x if x.requires_grad else x.detach().requires_grad_(True)
         else:
@@ -268,6 +280,18 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         grad = _gradient(energy, leaf, self._ones_like(energy), self.differentiable)
         if not self.differentiable:
             energy = energy.detach()
+        return energy, grad
+
+    def _energy_and_grad_by_func(self, x):
+        """_energy_and_grad as torch.func.grad of the summed energies (chains are independent, so
+        the sum's gradient is each chain's own), for tracing without requires_grad_."""
+        def total(z):
+            energy = self._energy(z)
+            if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
+                raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], got "
+                                 f"{tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__}")
+            return energy.sum(), energy
+        grad, energy = torch.func.grad(total, has_aux=True)(x)
         return energy, grad
 
     def _ones_like(self, energy):

@@ -60,6 +60,20 @@ def test_cross_field_rules():
         preset("imagenet")
 
 
+def test_capture_graph_needs_cuda_and_captures_the_training_chains_only(tmp_path, capsys):
+    with pytest.raises(ValueError, match="capture_graph=True needs a CUDA device.*device='cpu'"):
+        preset("toy2d", capture_graph=True)
+    assert cli_main(["--config", "toy2d", "--out", str(tmp_path / "run"), "--no-progress", "--capture-graph"]) == 2
+    assert "capture_graph=True needs a CUDA device" in capsys.readouterr().err
+    from langevin_kernels.train.methods import build_chain
+    cfg = preset("toy2d", device="cuda", capture_graph=True)   # a config only: nothing runs on the device
+    energy = torch.nn.Linear(2, 1)
+    chain = lambda training: build_chain(cfg, "data", energy, n_steps=3, s=0.1, n=0.1, seed=0, training=training)
+    assert chain(True).capture_graph and not chain(False).capture_graph   # evaluation chains run once
+    assert not build_chain(preset("toy2d"), "data", energy, n_steps=3, s=0.1, n=0.1, seed=0,
+                           training=True).capture_graph
+
+
 def test_every_preset_and_method_validates():
     from langevin_kernels.train.config import METHODS, PRESETS
     for name in PRESETS:

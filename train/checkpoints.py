@@ -113,7 +113,7 @@ class CheckpointError(ValueError):
 #: stop). Every other key must equal the checkpoint's.
 RESUMABLE_KEYS = frozenset({"iters", "device", "eval_every", "ckpt_every", "n_eval", "grid_n", "eval_x_steps",
                             "eval_x_step", "eval_x_noise", "max_energy_gap", "max_energy_loss",
-                            "compile"})
+                            "compile", "capture_graph"})
 CHECKPOINT_KEYS = ("iteration", "config", "method", "source", "history", "torch_rng", "python_rng")
 
 

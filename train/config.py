@@ -85,6 +85,7 @@ class TrainConfig:
     eval_x_step: float = 0.0
     eval_x_noise: float = 0.0
     compile: bool = False         # chains run as compiled blocks (torch.compile): compile once, faster per step
+    capture_graph: bool = False   # CUDA: the training chains replay one captured CUDA graph per run
     bn_parity: bool = True        # True: models stay in train mode inside chains and chain inits (reference);
                                   # False: eval mode there (BatchNorm running statistics)
 
@@ -129,6 +130,9 @@ class TrainConfig:
             torch.device(c.device)
         except (RuntimeError, ValueError):
             raise ValueError(f"device={c.device!r} is not a device; allowed: 'cpu', 'cuda', 'cuda:N'") from None
+        if c.capture_graph and torch.device(c.device).type != "cuda":
+            raise ValueError(f"capture_graph=True needs a CUDA device (CUDA graphs), got device={c.device!r}; "
+                             "use capture_graph=False there")
         if not 0 <= c.seed < MAX_SEED:
             raise ValueError(f"seed={c.seed!r} is out of range; allowed: 0 <= seed < 2**31")
         for name in ("iters", "batch_size", "latent_dim", "x_steps", "z_steps", "sr_steps", "pcd_steps",

@@ -55,19 +55,24 @@ def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
 
 
 def build_chain(cfg: TrainConfig, kind: str, model, *, n_steps: int, s: float, n: float, seed: int,
-                on_nonfinite: str = "raise") -> DataChain | LatentChain:
+                on_nonfinite: str = "raise", training: bool = False) -> DataChain | LatentChain:
     """Every chain the methods run is built here (docs/training.md notation: a step
     ``x <- x - (s^2 / 2) dE/dx + n * noise``, so step_size = s^2 / 2 and noise_scale = n).
 
     kind "data": a DataChain on the energy ``model`` (clamp cfg.x_clamp); kind "latent": a
     LatentChain on the generator ``model`` (sigma cfg.latent_sigma). Statistics are off (the
     trainer does not read them). ``compile=True`` (cfg.compile, --compile) runs each chain as
-    compiled blocks (docs/chains.md, "Compiled chains").
+    compiled blocks (docs/chains.md, "Compiled chains"). ``cfg.capture_graph`` captures the
+    ``training`` chains only, the ones that run every iteration with one shape: an evaluation's
+    fresh chain runs once, and capturing it (two warm-up runs, then the capture) costs more than
+    it saves.
     """
     options = dict(n_steps=n_steps, step_size=s * s / 2, noise_scale=n, seed=seed, track_stats=False,
                    on_nonfinite=on_nonfinite)
     if cfg.compile:
         options["compile"] = True
+    if cfg.capture_graph and training:
+        options["capture_graph"] = True
     if kind == "data":
         make, options = DataChain, dict(options, clamp=cfg.x_clamp)
     elif kind == "latent":
@@ -127,7 +132,7 @@ class Method:
     def data_chain(self, n_steps: int, s: float, n: float, index: int) -> DataChain:
         """A training data chain on the EBM with its own noise key (chain_seed(index))."""
         return build_chain(self.cfg, "data", self.models["energy"], n_steps=n_steps, s=s, n=n,
-                           seed=self.chain_seed(index))
+                           seed=self.chain_seed(index), training=True)
 
     @contextlib.contextmanager
     def chain_mode(self):
@@ -278,7 +283,7 @@ class DualMCMC(GeneratorInitialised):
         super().__init__(*args, **kwargs)
         c = self.cfg
         self.chains["latent chain"] = build_chain(c, "latent", self.models["generator"], n_steps=c.z_steps,
-                                                  s=c.z_step, n=c.z_noise, seed=self.chain_seed(1))
+                                                  s=c.z_step, n=c.z_noise, seed=self.chain_seed(1), training=True)
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         """z~ = latent chain from the encoder's reparameterised sample (steps 3)."""

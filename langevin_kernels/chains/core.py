@@ -292,7 +292,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
                                  f"{tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__}")
             return energy.sum(), energy
         grad, energy = torch.func.grad(total, has_aux=True)(x)
-        return energy, grad
+        return energy.detach(), grad   # as the autograd form: no graph through the parameters kept
 
     def _ones_like(self, energy):
         """A cached ones tensor shaped like the energies (a fresh one while torch.compile traces)."""

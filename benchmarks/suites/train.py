@@ -3,7 +3,9 @@
 Cases: toy2d (the preset: batch 256, 20 data-chain and 10 latent-chain steps, MLPs), cifar10
 (the cifar10 preset's models and chains on random 3x32x32 batches: the shape of a real
 iteration without the data set, divergence guard off; on CPU shrunk to batch 4 and 2 + 2 chain
-steps and left out of --quick) and, without --quick, digits.
+steps and left out of --quick), celeba64 (the same for its preset on 3x64x64 batches; in --quick
+on a GPU only, after cifar10, so a stage that runs out of time keeps cifar10's rows) and,
+without --quick, digits.
 Variants (speedups are against eager-op):
   eager-op        the trainer with the chains' fused op swapped for the update as EBM code
                   writes it (x - a*(g + lam*x) + s*randn_like(x), clamp); checked to be in use;
@@ -31,10 +33,11 @@ from . import common
 from .common import Variant
 from .gemm_floor import gemm_floor_variant
 
-CASES = ("toy2d", "cifar10", "digits")
+CASES = ("toy2d", "cifar10", "celeba64", "digits")
+IMAGE_CASES = ("cifar10", "celeba64")   # preset models on random image batches
 N_BATCHES = 4
-# The cifar10 preset's models take seconds per chain step on 2 CPU cores: on CPU the case is
-# shrunk, and left out of --quick (ask for it with --cases cifar10).
+# The image presets' models take seconds per chain step on 2 CPU cores: on CPU their cases are
+# shrunk, and left out of --quick (ask for them with --cases cifar10,celeba64).
 CPU_CIFAR = dict(batch_size=4, x_steps=2, z_steps=2)
 SMOKE = dict(x_steps=1, z_steps=1)
 SMOKE_CPU_CIFAR = dict(batch_size=2)
@@ -129,10 +132,10 @@ def _config_fields() -> set[str]:
 
 
 def case_config(case: str, device: torch.device, *, smoke: bool, **options):
-    """The case's TrainConfig (CPU-sized for cifar10 on CPU), with `options` as field overrides."""
+    """The case's TrainConfig (CPU-sized for the image cases on CPU), with `options` as field overrides."""
     from langevin_kernels.train.config import preset
     overrides = dict(device=str(device))
-    if case == "cifar10":
+    if case in IMAGE_CASES:
         overrides.update(_divergence_guard_off())
         if device.type == "cpu":
             overrides.update(CPU_CIFAR, **(SMOKE_CPU_CIFAR if smoke else {}))
@@ -143,7 +146,7 @@ def case_config(case: str, device: torch.device, *, smoke: bool, **options):
 
 def case_label(case: str, device: torch.device, smoke: bool) -> str:
     cfg = case_config(case, device, smoke=smoke)
-    shape = "3x32x32 random batches" if case == "cifar10" else cfg.dataset
+    shape = f"3x{cfg.image_size}x{cfg.image_size} random batches" if case in IMAGE_CASES else cfg.dataset
     return f"{case} dual iteration (batch {cfg.batch_size}, {cfg.x_steps}+{cfg.z_steps} steps, {shape})"
 
 
@@ -216,8 +219,8 @@ def _eager_op_variant(case: str, device, data, *, smoke: bool) -> Variant:
 
 
 def _gemm_floor(case: str, device, data, *, smoke: bool) -> Variant:
-    if case == "cifar10" and device.type == "cpu":   # its products are nearly the whole (shrunk) iteration
-        return Variant("GEMM floor", unavailable="left out for cifar10 on CPU: its convolutions are nearly the "
+    if case in IMAGE_CASES and device.type == "cpu":   # its products are nearly the whole (shrunk) iteration
+        return Variant("GEMM floor", unavailable=f"left out for {case} on CPU: its convolutions are nearly the "
                        "whole iteration there, and replaying them doubles the case's time")
     return common.guarded("GEMM floor", lambda: gemm_floor_variant(
         lambda: _method(case_config(case, device, smoke=smoke), tuple(data[0].shape[1:])).train_step(data[0]),
@@ -256,7 +259,8 @@ def run_suite(device: torch.device, *, quick: bool, check: bool = True, repeats:
     if smoke:
         repeats = common.SMOKE_REPEATS
     if not cases:
-        cases = CASES if not quick else ("toy2d", "cifar10") if device.type == "cuda" or smoke else ("toy2d",)
+        cases = (CASES if not quick else ("toy2d", "cifar10", "celeba64") if device.type == "cuda" and not smoke
+                 else ("toy2d", "cifar10") if smoke else ("toy2d",))
     cases = list(cases)
     reason = trainer_unavailable()
     rows = []

@@ -52,11 +52,12 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
     """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
 
     _compiled_runner = CompiledRunner   # what compile=True runs (KineticChain: its own blocks)
-    # How a compiled block differentiates the energy: "autograd" (torch.autograd.grad on a fresh
-    # leaf, which dynamo traces from torch 2.13) or "func" (torch.func.grad, which the dynamo of
-    # older torch, 2.11 among them, traces but which refuses energies that write their buffers,
-    # such as BatchNorm in train mode). The runner switches to "func" when "autograd" fails.
-    _traced_gradient = "autograd"
+    # How a traced step (compiled blocks, or a user's torch.compile(chain.step)) differentiates
+    # the energy: "autograd" (torch.autograd.grad on a fresh leaf, which dynamo traces from torch
+    # 2.12) or "func" (torch.func.grad: 2.11's dynamo rejects requires_grad_, and traces this,
+    # but it refuses energies that write their buffers, such as BatchNorm in train mode). The
+    # compiled runner also switches a chain to "func" when "autograd" fails to compile.
+    _traced_gradient = "autograd" if torch.__version__ >= (2, 12) else "func"
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,

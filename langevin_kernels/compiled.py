@@ -256,12 +256,12 @@ class CompiledRunner:
             except Exception as exc:   # noqa: BLE001 - any tracing/compile failure: the other gradient, then uncompiled
                 failures.append(f"{self.chain._traced_gradient} gradient: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}")
-                if self.chain._traced_gradient == "func" or self.chain.differentiable:
+                if self.chain._traced_gradient == "func":   # (compile refuses differentiable chains)
                     self.failed = "; ".join(failures)
                     warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
                                   f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
                     return None
-                self.chain._traced_gradient = "func"   # e.g. torch < 2.13: dynamo cannot trace requires_grad_
+                self.chain._traced_gradient = "func"   # e.g. an autograd form inductor cannot lower
                 log.info("%s: %s; compiling with torch.func.grad instead", type(self.chain).__name__, failures[-1])
         self._seen.add(key)
         seconds = time.perf_counter() - t0

@@ -6,8 +6,6 @@ them on CPU tensors under this mode, which raises at every aten op that hands a 
 the host. It sees what goes through the dispatcher: a CPU tensor's .tolist() or .numpy() does
 not, so this is a lower bound on the reads the GPU test (test_adaptive_mala's CUDA twin) finds.
 """
-import contextlib
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten ops whose result (or output size) is a tensor value read back to the host
@@ -26,8 +24,7 @@ class _ForbidHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@contextlib.contextmanager
-def forbid_host_reads():
-    """Raises HostReadError at the first aten op in the block that would make a GPU wait."""
-    with _ForbidHostReads():
-        yield
+def forbid_host_reads() -> TorchDispatchMode:
+    """A mode (`with forbid_host_reads():`) that raises HostReadError at the first aten op in
+    the block that would make a GPU wait."""
+    return _ForbidHostReads()

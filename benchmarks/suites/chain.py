@@ -43,6 +43,7 @@ import torch
 
 import langevin_kernels as lk
 from langevin_kernels import dispatch
+from langevin_kernels.chains.core import DYNAMO_TRACES_REQUIRES_GRAD
 
 from . import common, peers
 from .common import Variant
@@ -206,20 +207,14 @@ def func_step(case: ChainCase, x, cond, noise=None):
 
 def _compiled_step(case: ChainCase):
     """torch.compile of one eager chain step, fullgraph with autograd.grad traced by dynamo; of
-    func_step where this torch cannot trace that (the record's torch version tells which)."""
-    forms = [functools.partial(eager_step, case), functools.partial(func_step, case)]
-    compiled = [torch.compile(f, fullgraph=True, dynamic=False) for f in forms]
-    chosen = {}
+    func_step where this torch cannot trace that (the chains' own rule; the record's torch
+    version tells which)."""
+    form = eager_step if DYNAMO_TRACES_REQUIRES_GRAD else func_step
+    compiled = torch.compile(functools.partial(form, case), fullgraph=True, dynamic=False)
 
     def step(*args):
         with torch._dynamo.config.patch(trace_autograd_ops=True):
-            if "form" in chosen:
-                return compiled[chosen["form"]](*args)
-            try:
-                out, chosen["form"] = compiled[0](*args), 0
-            except torch._dynamo.exc.Unsupported:
-                out, chosen["form"] = compiled[1](*args), 1
-            return out
+            return compiled(*args)
     return step
 
 

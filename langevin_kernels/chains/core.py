@@ -48,6 +48,10 @@ def _gradient(energy: torch.Tensor, leaf: torch.Tensor, ones: torch.Tensor, crea
                                 accumulate_grad=False)[0]
 
 
+#: torch >= 2.12: dynamo traces x.detach().requires_grad_() (with trace_autograd_ops); 2.11 rejects it.
+DYNAMO_TRACES_REQUIRES_GRAD = torch.__version__ >= (2, 12)
+
+
 class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
     """Shared machinery of DataChain and LatentChain: steps, MALA, stats, graphs, noise."""
 
@@ -57,7 +61,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
     # 2.12) or "func" (torch.func.grad: 2.11's dynamo rejects requires_grad_, and traces this,
     # but it refuses energies that write their buffers, such as BatchNorm in train mode). The
     # compiled runner also switches a chain to "func" when "autograd" fails to compile.
-    _traced_gradient = "autograd" if torch.__version__ >= (2, 12) else "func"
+    _traced_gradient = "autograd" if DYNAMO_TRACES_REQUIRES_GRAD else "func"
 
     def __init__(self, *, n_steps, step_size, noise_scale, prior_weight=0.0, clamp=None, grad_clip=None,
                  mala=False, seed=0, offset=0, capture_graph=False, differentiable=False, track_stats=True,

@@ -218,6 +218,19 @@ def test_inductor_compiled_chain_equals_uncompiled(one_thread):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_blocks_default_to_the_cpp_wrapper():
+    """Inductor on the CPU gets cpp_wrapper=True beneath the user's own options; a mode (which
+    torch.compile takes instead of options), another backend and CUDA get nothing added."""
+    from langevin_kernels.compiled import compile_options, device_compile_options
+    plain = compile_options(True)
+    assert device_compile_options(plain, "cpu") == {**plain, "options": {"cpp_wrapper": True}}
+    assert device_compile_options(plain, "cuda") == plain
+    mine = compile_options({"options": {"cpp_wrapper": False, "max_autotune": True}})
+    assert device_compile_options(mine, "cpu")["options"] == {"cpp_wrapper": False, "max_autotune": True}
+    for other in ({"mode": "max-autotune-no-cudagraphs"}, {"backend": "aot_eager"}):
+        assert device_compile_options(compile_options(other), "cpu") == compile_options(other)
+
+
 def test_noise_drawn_in_chunks_equals_one_draw(one_thread, monkeypatch):
     """Noise drawn for several blocks at once, sliced per block: with a draw budget smaller than
     the run (one block per draw) and larger (one draw per run), the same states and stats."""

@@ -28,6 +28,11 @@ import torch
 from .chains.checks import _broadcast
 from .ops import noise_offset_advance, philox_normal
 
+try:   # torch's loop operator: a scanned step is traced and compiled once, not unrolled
+    from torch._higher_order_ops.scan import scan as scan_op
+except ImportError:   # older torch: unrolled blocks only
+    scan_op = None
+
 log = logging.getLogger("langevin_kernels")
 DEFAULT_MAX_BLOCK = 20
 # Normals drawn per philox_normal call (16 MB of float32): whole short runs in one call, and at
@@ -93,12 +98,13 @@ def device_compile_options(options: dict, device_type: str) -> dict:
     return {**options, "options": {**defaults, **options.get("options", {})}}
 
 
-def _shared_block_function(runner, device_type):
-    """The copy of type(runner)._block for the runner's energy object, configuration and device type."""
+def _shared_block_function(runner, kind, device_type):
+    """The copy of the runner's graph function (kind: "block" or "scan") for its energy object,
+    configuration and device type."""
     chain = runner.chain
     owner, method = chain._energy_owner()
-    key = (type(runner), method, chain._compile_signature(), repr(sorted(runner.options.items())), device_type)
-    function = type(runner)._block
+    key = (type(runner), kind, method, chain._compile_signature(), repr(sorted(runner.options.items())), device_type)
+    function = getattr(type(runner), "_" + kind)
     try:
         copies = _BLOCK_COPIES.setdefault(owner, {})
     except TypeError:   # an energy object without weak references: a copy of its own
@@ -110,57 +116,87 @@ def _shared_block_function(runner, device_type):
 
 
 class CompiledRunner:
-    """Runs a chain's K steps through compiled blocks (owned by the chain; see module docstring)."""
+    """Runs a chain's K steps through compiled graphs (owned by the chain; see module docstring)."""
 
-    NOISE_ARG = 1   # position of the [S, ...] noise among _block's arguments
+    NOISE_ARG = 1   # position of the [S, ...] noise among the graph functions' arguments
+    SCANS = True    # whether _scan applies (KineticRunner: blocks only)
 
-    def __init__(self, chain, options: dict, max_block: int):
+    def __init__(self, chain, options: dict, max_block: int, scan: bool = False):
         self.chain = chain
         self.max_block = max_block
         self.options = options
-        self.compiled: dict = {}            # device type -> torch.compile of the shared block, made at its first run
+        self.compiled: dict = {}            # (kind, device type) -> torch.compile of the shared function
         self.failed: str | None = None      # why compilation failed (the chain then runs uncompiled)
+        # why the scanned form is not used (None: it is, on CPU states); then unrolled blocks run
+        self.scan_failed: str | None = None
+        if not (scan and self.SCANS):
+            self.scan_failed = "unrolled blocks were asked for (compile_block)"
+        elif chain.mala:   # 64 x 2 double well: 23 us/step scanned against 11 as 20-step blocks
+            self.scan_failed = "MALA runs as unrolled blocks"
+        elif scan_op is None:
+            self.scan_failed = "this torch has no scan operator"
         self.compile_seconds = 0.0
         self._seen: set = set()
         self._plans: dict = {}
+        self._rows: dict = {}
 
-    def _compiled_block(self, device_type: str):
-        """torch.compile of _block for one device type, bound to this runner, on a code object
-        shared only with runners of the same energy, configuration and device type
+    def _compiled(self, kind: str, device_type: str):
+        """torch.compile of _block or _scan (kind) for one device type, bound to this runner, on a
+        code object shared only with runners of the same energy, configuration and device type
         (_shared_block_function; a code object's graphs belong to one set of compile options)."""
-        compiled = self.compiled.get(device_type)
+        compiled = self.compiled.get((kind, device_type))
         if compiled is None:
-            function = _shared_block_function(self, device_type)
-            compiled = self.compiled[device_type] = torch.compile(
+            function = _shared_block_function(self, kind, device_type)
+            compiled = self.compiled[kind, device_type] = torch.compile(
                 types.MethodType(function, self), **device_compile_options(self.options, device_type))
         return compiled
 
-    # --- the graph ---------------------------------------------------------------------
+    # --- the graphs --------------------------------------------------------------------
+
+    def _step(self, x, current, a, s, noise, accept_normal):
+        """One step inside a graph: (x, what MALA carries or None, the step's record or None)."""
+        chain = self.chain
+        if chain.mala:
+            return self._mala(x, current, a, s, noise, accept_normal)
+        energy, grad = chain._energy_and_grad(x)
+        grad, norms = chain._clip(grad)
+        record = chain._diagnostics(chain._with_prior(energy, x), norms, None) if chain.track_stats else None
+        return self._update(x, grad, a, s, noise, chain.clamp), None, record
 
     def _block(self, x, noise, accept_normals, step_sizes, noise_scales):
-        """len(noise) steps from x with step_sizes / noise_scales [S] (shared) or [S, B] (per chain);
-        returns x and, with stats, the [S, B] per-chain records
+        """len(noise) steps from x, unrolled, with step_sizes / noise_scales [S] (shared) or [S, B]
+        (per chain); returns x and, with stats, the [S, B] per-chain records
         (energy, grad norm, and for MALA accept decisions and bad proposals; None where unused).
 
         (Writing the records into rows of caller-provided buffers instead was tried: the
         functionalized row writes made inductor's kernel recompute, 100x slower.)"""
-        chain = self.chain
-        records = [] if chain.track_stats else None
-        current = chain._mala_current(x) if chain.mala else None
+        records = [] if self.chain.track_stats else None
+        current = self.chain._mala_current(x) if self.chain.mala else None
         for j in range(noise.shape[0]):
-            a, s = step_sizes[j], noise_scales[j]
-            if chain.mala:
-                x, current, rec = self._mala(x, current, a, s, noise[j], accept_normals[j])
-            else:
-                energy, grad = chain._energy_and_grad(x)
-                grad, norms = chain._clip(grad)
-                rec = chain._diagnostics(chain._with_prior(energy, x), norms, None) if chain.track_stats else None
-                x = self._update(x, grad, a, s, noise[j], chain.clamp)
+            x, current, record = self._step(x, current, step_sizes[j], noise_scales[j], noise[j],
+                                             None if accept_normals is None else accept_normals[j])
             if records is not None:
-                records.append(rec)
+                records.append(record)
         if records is None:
             return x, None
         return x, [torch.stack(part) if part[0] is not None else None for part in zip(*records)]
+
+    def _scan(self, x, noise, accept_normals, step_sizes, noise_scales):
+        """The ULA steps of _block as one loop in the graph (torch's scan operator): the step is
+        traced and compiled once, so neither the compile time nor the code grows with the step
+        count, and one call runs a whole noise draw. The gradient is torch.func.grad's (_call
+        sets it: the operator's body cannot hold autograd.grad). Same arguments and results as
+        _block (accept_normals is unused: MALA runs as blocks, measured faster)."""
+        track_stats = self.chain.track_stats
+
+        def body(x, inputs):
+            noise, a, s = inputs
+            x, _, record = self._step(x, None, a, s, noise, None)
+            # without records a zero per step: inductor's lowering of a scan with no per-step outputs fails
+            return x, ((record[0], record[1]) if track_stats else (x.new_zeros(()),))
+
+        x, records = scan_op(body, x, (noise, step_sizes, noise_scales))
+        return x, ([records[0], records[1], None, None] if track_stats else None)
 
     def _update(self, x, grad, a, s, noise, clamp):
         """The op's formula in its math dtype (float32, float64 for float64 states)."""
@@ -180,9 +216,10 @@ class CompiledRunner:
     # --- the run -----------------------------------------------------------------------
 
     def _plan(self, x):
-        """Per (state shape, dtype, device): the blocks [(first step, length)], the per-block
-        step-size and noise-scale tensors, and how many blocks share one noise draw. Built once:
-        a run then does no Python work per step, only per block."""
+        """Per (state shape, dtype, device): the blocks [(first step, length)], the noise draws
+        [(first step, length)] (each covers whole blocks, and is what one scan call runs), and
+        their step-size and noise-scale tensors. Built once: a run then does no Python work per
+        step, only per block or draw."""
         key = (tuple(x.shape), x.dtype, x.device)
         plan = self._plans.get(key)
         if plan is None:
@@ -192,25 +229,29 @@ class CompiledRunner:
             a_all = torch.tensor(chain.step_sizes, dtype=math_dtype, device=x.device)
             s_all = torch.tensor(chain.noise_scales, dtype=math_dtype, device=x.device)
             blocks = [(k0, min(S, n_steps - k0)) for k0 in range(0, n_steps, S)]
-            schedule = [(a_all[k0:k0 + n], s_all[k0:k0 + n]) for k0, n in blocks]
             row = 4 * noise_offset_advance(x.numel())      # normals per step in the stream
             per_draw = max(1, NOISE_DRAW_NUMBERS // (row * S))
-            plan = self._plans[key] = (blocks, schedule, per_draw)
+            draws = [(blocks[b][0], sum(n for _, n in blocks[b:b + per_draw])) for b in range(0, len(blocks), per_draw)]
+            plan = self._plans[key] = types.SimpleNamespace(
+                blocks=blocks, draws=draws, per_draw=per_draw,
+                block_schedule=[(a_all[k0:k0 + n], s_all[k0:k0 + n]) for k0, n in blocks],
+                draw_schedule=[(a_all[k0:k0 + n], s_all[k0:k0 + n]) for k0, n in draws])
         return plan
 
-    def _per_chain_schedule(self, x, blocks):
-        """The frozen per-chain (a_b, s_b) of an adapted MALA chain as [n, B] rows per block, or None
-        (the shared schedule). Rebuilt when the chain's per-chain values change: they are graph
-        inputs, so new values (a warm-up, an assignment, load_state_dict) never recompile."""
+    def _per_chain_schedule(self, x, pieces):
+        """The frozen per-chain (a_b, s_b) of an adapted MALA chain as [n, B] rows per piece (blocks
+        or draws), or None (the shared schedule). Rebuilt when the chain's per-chain values change:
+        they are graph inputs, so new values (a warm-up, an assignment, load_state_dict) never recompile."""
         if self.chain._step_sizes_per_chain is None:
             return None
         coefficients = self.chain._coefficients_for(x)   # cached by the chain until its values change
-        cached = self.__dict__.get("_rows")
-        if cached is None or cached[0] is not coefficients or cached[1] != blocks:
-            longest = max(n for _, n in blocks)
+        key = tuple(pieces)
+        cached = self._rows.get(key)
+        if cached is None or cached[0] is not coefficients:
+            longest = max(n for _, n in pieces)
             a, s = (t.expand(longest, -1).contiguous() for t in coefficients)
-            cached = self._rows = (coefficients, blocks, [(a[:n], s[:n]) for _, n in blocks])
-        return cached[2]
+            cached = self._rows[key] = (coefficients, [(a[:n], s[:n]) for _, n in pieces])
+        return cached[1]
 
     def _draws(self, seed, offset, n_steps, numel, keep, device, rng_row):
         """[n_steps, keep] normals: row j = philox_normal(keep, seed, offset + j * advance)."""
@@ -222,72 +263,99 @@ class CompiledRunner:
         """The chain's K steps from x (a fresh tensor); (x, stats buffers or None) or None when
         the energy could not be compiled (the caller then runs the uncompiled loop).
 
-        The noise of ``per_draw`` blocks is drawn by one philox_normal call (the stream is
-        contiguous: step k's normals start at offset + k * advance), and the blocks' [S, B]
-        records are concatenated once at the end into [n_steps, B] buffers for ChainStats."""
+        Each noise draw (up to NOISE_DRAW_NUMBERS normals; the stream is contiguous: step k's
+        normals start at offset + k * advance) is run by one scan call on CPU states, else (or
+        when the scan cannot be compiled) by its blocks; the [S, B] records are concatenated
+        once at the end into [n_steps, B] buffers for ChainStats."""
         chain = self.chain
-        blocks, schedule, per_draw = self._plan(x)
-        schedule = self._per_chain_schedule(x, blocks) or schedule
+        plan = self._plan(x)
+        scanned = self.scan_failed is None and x.device.type == "cpu"
         advance, numel, batch = noise_offset_advance(x.numel()), x.numel(), x.shape[0]
         rows = (None, None) if rng_state is None else (rng_state[0], rng_state[1])
         records = [] if chain.track_stats else None
-        for b, (k0, n) in enumerate(blocks):
-            if b % per_draw == 0:   # the next per_draw blocks' noise (and MALA's accept normals)
-                last = blocks[min(b + per_draw, len(blocks)) - 1]
-                span, offset = last[0] + last[1] - k0, (base_offset + k0 * advance) % (1 << 64)
-                noise = self._draws(chain.seed, offset, span, numel, numel, x.device, rows[0])
-                accept = (self._draws(chain.accept_seed, offset, span, numel, batch, x.device, rows[1])
-                          if chain.mala else None)
-                first = k0
-            j = k0 - first
-            out = self._call(x, noise[j:j + n].view(n, *x.shape), None if accept is None else accept[j:j + n],
-                             *schedule[b])
-            if out is None:
-                return None
-            x, block_records = out
-            if records is not None:
-                records.append(block_records)
+        for d, (k0, span) in enumerate(plan.draws):
+            offset = (base_offset + k0 * advance) % (1 << 64)
+            noise = self._draws(chain.seed, offset, span, numel, numel, x.device, rows[0])
+            accept = self._draws(chain.accept_seed, offset, span, numel, batch, x.device, rows[1]) if chain.mala else None
+            if scanned:
+                out = self._call("scan", x, noise.view(span, *x.shape), accept, *self._schedule(x, plan, True)[d])
+                if out is not None:
+                    x = out[0]
+                    if records is not None:
+                        records.append(out[1])
+                    continue
+                scanned = False   # the scan could not be compiled: this draw and the rest run as blocks
+            schedule = self._schedule(x, plan, False)
+            for b in range(d * plan.per_draw, min((d + 1) * plan.per_draw, len(plan.blocks))):
+                j, n = plan.blocks[b][0] - k0, plan.blocks[b][1]
+                out = self._call("block", x, noise[j:j + n].view(n, *x.shape),
+                                 None if accept is None else accept[j:j + n], *schedule[b])
+                if out is None:
+                    return None
+                x = out[0]
+                if records is not None:
+                    records.append(out[1])
         if records is None:
             return x, None
         return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))
 
-    def _call(self, *args):
-        """One block through the compiled graph. Called under no_grad (the block turns grad mode
-        on around the energy itself): with grad mode on at entry and parameters that require
-        grad (a trainer's energy), AOT autograd would build and partition a joint forward and
-        backward graph that nothing uses (a 20-step MLP block: 105 s to compile vs 23 s)."""
+    def _schedule(self, x, plan, scanned):
+        """(a, s) per draw (scanned) or per block: adapted MALA's frozen per-chain rows, else the shared schedule."""
+        pieces = plan.draws if scanned else plan.blocks
+        return self._per_chain_schedule(x, pieces) or (plan.draw_schedule if scanned else plan.block_schedule)
+
+    def _call(self, kind, *args):
+        """One block or scan (kind) through its compiled graph; None when it could not be compiled.
+        Called under no_grad (the graph turns grad mode on around the energy itself): with grad
+        mode on at entry and parameters that require grad (a trainer's energy), AOT autograd would
+        build and partition a joint forward and backward graph that nothing uses (a 20-step MLP
+        block: 105 s to compile vs 23 s)."""
+        if kind == "scan":   # the scan operator's body cannot hold autograd.grad: torch.func.grad there
+            with self.chain._gradient_form("func"):
+                return self._call_graph(kind, args)
+        return self._call_graph(kind, args)
+
+    def _call_graph(self, kind, args):
         x = args[0]
-        # a graph each per block length, and per schedule rank (shared [S] or per-chain [S, B] steps)
-        key = (tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0],
+        # a graph each per length, and per schedule rank (shared [S] or per-chain [S, B] steps)
+        key = (kind, tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0],
                tuple(t.dim() for t in args if isinstance(t, torch.Tensor)))
         if key in self._seen:
             try:   # a warm graph: no config patch (it costs more than a small block's kernel)
                 with torch.no_grad():
-                    return self._compiled_block(x.device.type)(*args)
+                    return self._compiled(kind, x.device.type)(*args)
             except Exception:  # noqa: BLE001 - a guard failed (e.g. the energy's module changed mode) and
                 pass           # dynamo retraces: autograd.grad needs TRACING, so compile again below
+        return self._compile_and_call(kind, key, args)
+
+    def _compile_and_call(self, kind, key, args):
         t0 = time.perf_counter()
         failures = []
         while True:
             try:
                 with torch._dynamo.config.patch(**TRACING), torch.no_grad():
-                    out = self._compiled_block(x.device.type)(*args)
+                    out = self._compiled(kind, args[0].device.type)(*args)
                 break
             except Exception as exc:   # noqa: BLE001 - any tracing/compile failure: the other gradient, then uncompiled
                 failures.append(f"{self.chain._traced_gradient} gradient: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                if kind == "scan":   # the caller runs blocks instead
+                    self.scan_failed = failures[-1]
+                    log.info("%s: the scanned run could not be compiled (%s); compiling unrolled blocks instead",
+                             type(self.chain).__name__, self.scan_failed)
+                    return None
                 if self.chain._traced_gradient == "func":   # (compile refuses differentiable chains)
                     self.failed = "; ".join(failures)
                     warnings.warn(f"{type(self.chain).__name__}(compile=True): the energy could not be compiled "
-                                  f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=4)
+                                  f"({self.failed}); running uncompiled from now on", RuntimeWarning, stacklevel=5)
                     return None
                 self.chain._traced_gradient = "func"   # e.g. an autograd form inductor cannot lower
                 log.info("%s: %s; compiling with torch.func.grad instead", type(self.chain).__name__, failures[-1])
         self._seen.add(key)
         seconds = time.perf_counter() - t0
         self.compile_seconds += seconds
-        log.info("%s: compiled a %d-step block for %s %s in %.1f s", type(self.chain).__name__,
-                 key[3], key[0], key[1], seconds)
+        log.info("%s: compiled a %d-step %s for %s %s in %.1f s", type(self.chain).__name__,
+                 key[4], kind, key[1], key[2], seconds)
         return out
 
 
@@ -300,6 +368,7 @@ class KineticRunner(CompiledRunner):
     persistent velocity still owes from the previous run (KineticChain's docstring)."""
 
     NOISE_ARG = 2
+    SCANS = False
 
     def _block(self, x, v, noise, step_sizes, kicks, c1s, c2s):
         chain = self.chain
@@ -374,7 +443,7 @@ class KineticRunner(CompiledRunner):
                                     None if rng_state is None else rng_state[0])
                 first = k0
             j = k0 - first
-            out = self._call(x, v, noise[j:j + n].view(n, *x.shape), *schedule[b])
+            out = self._call("block", x, v, noise[j:j + n].view(n, *x.shape), *schedule[b])
             if out is None:
                 return None
             x, v, block_records = out

@@ -2,6 +2,7 @@
 across runs, offsets, schedules or optimizer steps, and a warned fallback for energies that
 cannot be compiled. Most tests compile with the aot_eager backend (dynamo + AOT autograd, no
 C++ code generation) to keep CI fast; one test runs inductor end to end."""
+import copy
 import warnings
 
 import pytest
@@ -52,12 +53,62 @@ def test_compiled_equals_uncompiled(mala, options, one_thread):
         assert b["acceptance"] == a["acceptance"]
 
 
-def test_no_recompilation_across_runs_and_optimizer_steps(one_thread):
+@pytest.mark.parametrize("options", [dict(clamp=(-1.5, 1.5)), dict(grad_clip=3.0),
+                                     dict(step_size=lk.Linear(0.02, 0.005)),
+                                     dict(track_stats=False, on_nonfinite="ignore")])
+def test_scanned_run_equals_uncompiled(options, one_thread, monkeypatch):
+    """The CPU default (no compile_block): each noise draw's ULA steps as one scan. A draw budget
+    of one 10-step block per draw makes the 50-step run five scans: the same states, statistics
+    and offsets as the uncompiled chain."""
+    import langevin_kernels.compiled as compiled
+    monkeypatch.setattr(compiled, "NOISE_DRAW_NUMBERS", 4 * 12 * 10)   # 16 x 3 states: 12 offsets per step
+    common = dict(n_steps=50, step_size=0.01, noise_scale=0.02 ** 0.5, seed=7, offset=5)
+    common.update(options)
+    x0 = torch.randn(16, 3)
+    plain = lk.DataChain(double_well, **common)
+    scanned = lk.DataChain(double_well, compile={"backend": "aot_eager"}, **common)
+    for _ in range(2):
+        want, got = plain.run(x0), scanned.run(x0)
+        assert scanned._runner.scan_failed is None and scanned.compile_failed is None
+        assert [n for _, n in scanned._runner._plan(x0).draws] == [10] * 5
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert scanned.offset == plain.offset
+        if plain.track_stats:
+            torch.testing.assert_close(scanned.stats.table, plain.stats.table, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_what_runs_scanned_and_what_as_blocks(one_thread):
+    """ULA on CPU states scans; compile_block asks for unrolled blocks; MALA and the kinetic chain
+    run as blocks; an energy the scan cannot trace (BatchNorm in train mode writes its running
+    statistics: torch.func refuses) falls back to blocks without a warning, equal to the uncompiled run."""
+    steps = dict(n_steps=6, step_size=0.01, noise_scale=0.1, seed=3)
+    x0 = torch.randn(16, 4)
+    runner = lambda chain: chain.run(x0) is not None and chain._runner   # noqa: E731
+    assert runner(lk.DataChain(double_well, compile={"backend": "aot_eager"}, **steps)).scan_failed is None
+    assert "compile_block" in runner(lk.DataChain(double_well, compile={"backend": "aot_eager"}, compile_block=3,
+                                                  **steps)).scan_failed
+    assert "MALA" in runner(lk.DataChain(double_well, compile={"backend": "aot_eager"}, mala=True, **steps)).scan_failed
+    kinetic = lk.KineticChain(double_well, n_steps=6, step_size=0.05, friction=1.0, compile={"backend": "aot_eager"})
+    assert runner(kinetic).scan_failed is not None
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.SiLU(), nn.Linear(8, 1))
+    plain_net = copy.deepcopy(net)
+    chain = lk.DataChain(lambda x: net(x).squeeze(1), compile={"backend": "aot_eager"}, **steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = chain.run(x0)
+    assert chain._runner.scan_failed is not None and chain.compile_failed is None
+    torch.testing.assert_close(got, lk.DataChain(lambda x: plain_net(x).squeeze(1), **steps).run(x0),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compile_block", [None, 4], ids=["scan", "blocks"])
+def test_no_recompilation_across_runs_and_optimizer_steps(compile_block, one_thread):
     torch._dynamo.reset()   # start from empty caches, so the count below is this chain's alone
     counter = CountingBackend()
     net = mlp()
     chain = lk.DataChain(lambda x: net(x).squeeze(1), n_steps=8, step_size=0.01, noise_scale=0.1,
-                         compile={"backend": counter}, compile_block=4)
+                         compile={"backend": counter}, compile_block=compile_block)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x0 = torch.randn(32, 4)
     for _ in range(3):
@@ -66,7 +117,7 @@ def test_no_recompilation_across_runs_and_optimizer_steps(one_thread):
         opt.zero_grad()
         loss.backward()
         opt.step()                       # new parameter values, same tensors
-    assert counter.graphs == 1          # 8 steps = 2 blocks of 4: one graph, reused 6 times
+    assert counter.graphs == 1          # one scan of 8 steps, or 2 blocks of 4: one graph, reused
     chain.run(torch.randn(8, 4))        # a new batch shape compiles once more
     assert counter.graphs == 2
     assert chain.compile_seconds > 0
@@ -114,7 +165,7 @@ def test_chains_of_one_energy_and_configuration_share_graphs(one_thread):
 def test_a_chain_past_the_recompile_limit_warns_and_runs_uncompiled(one_thread):
     limit = torch._dynamo.config.recompile_limit
     options = dict(n_steps=3, step_size=0.01, noise_scale=0.1, seed=4)
-    compiled = lk.DataChain(_scaled_double_well(2), compile={"backend": CountingBackend()}, **options)
+    compiled = lk.DataChain(_scaled_double_well(2), compile={"backend": CountingBackend()}, compile_block=3, **options)
     plain = lk.DataChain(_scaled_double_well(2), **options)
     for batch in range(1, limit + 1):        # limit static shapes: limit graphs
         compiled.run(torch.ones(batch, 2))
@@ -172,7 +223,7 @@ def test_func_gradient_blocks_equal_uncompiled(case, one_thread):
     # the func route is forced here to keep it tested.
     _, make, run = _func_gradient_chains()[case]
     want = run(make())
-    chain = make(compile={"backend": "aot_eager"})
+    chain = make(compile={"backend": "aot_eager"}, compile_block=3)   # blocks (a scan always takes func)
     chain._traced_gradient = "func"
     got = run(chain)
     assert chain.compile_failed is None and chain._traced_gradient == "func"
@@ -208,13 +259,14 @@ def test_compile_refuses_differentiable_and_bad_values():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_chain_equals_uncompiled(one_thread):
+@pytest.mark.parametrize("compile_block", [None, 5], ids=["scan", "blocks"])
+def test_inductor_compiled_chain_equals_uncompiled(compile_block, one_thread):
     common = dict(n_steps=10, step_size=0.01, noise_scale=0.02 ** 0.5, seed=3)
     x0 = torch.randn(64, 2)
     want = lk.DataChain(double_well, **common).run(x0)
-    chain = lk.DataChain(double_well, compile=True, compile_block=5, **common)
+    chain = lk.DataChain(double_well, compile=True, compile_block=compile_block, **common)
     got = chain.run(x0)
-    assert chain.compile_failed is None
+    assert chain.compile_failed is None and (chain._runner.scan_failed is None) == (compile_block is None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -243,7 +295,7 @@ def test_noise_drawn_in_chunks_equals_one_draw(one_thread, monkeypatch):
     chain = lk.DataChain(double_well, **common)
     got = chain.run(x0)
     torch.testing.assert_close(got, want, rtol=0, atol=0)           # same graph, same normals: bit-equal
-    assert chain._runner._plan(x0)[2] == 1
+    assert chain._runner._plan(x0).per_draw == 1
     assert chain.stats.acceptance.shape == (12,)
 
 

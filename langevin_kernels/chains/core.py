@@ -3,6 +3,7 @@ energy gradient, the ULA step and the K-step loop. MALA (mala.py), the divergenc
 (guard.py) and CUDA-graph capture (graphs.py) are mixed in."""
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 
@@ -92,7 +93,8 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             raise ValueError("compile=True cannot be combined with differentiable=True (compiled blocks keep no "
                              "autograd graph across steps); use compile=False")
         self._set_adaptation(adapt_step_size, warmup, target_accept)
-        self._runner = self._compiled_runner(self, options, self.compile_block) if self.compile else None
+        self._runner = (self._compiled_runner(self, options, self.compile_block, scan=compile_block is None)
+                        if self.compile else None)
         if self.capture_graph and self.differentiable:
             raise ValueError("capture_graph=True cannot be combined with differentiable=True: a replayed "
                              "CUDA graph keeps no autograd graph")
@@ -286,6 +288,17 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
         if not self.differentiable:
             energy = energy.detach()
         return energy, grad
+
+    @contextlib.contextmanager
+    def _gradient_form(self, form):
+        """Traced steps differentiate with `form` ("func" or "autograd") inside the block (a scanned
+        run's body takes torch.func.grad only); the chain's own form is back afterwards."""
+        saved = self._traced_gradient
+        self._traced_gradient = form
+        try:
+            yield
+        finally:
+            self._traced_gradient = saved
 
     def _energy_and_grad_by_func(self, x):
         """_energy_and_grad as torch.func.grad of the summed energies (chains are independent, so

@@ -98,6 +98,13 @@ def device_compile_options(options: dict, device_type: str) -> dict:
     return {**options, "options": {**defaults, **options.get("options", {})}}
 
 
+def concatenate_records(records: list) -> tuple:
+    """The per-piece (block or scan) [n, B] records of a run as [n_steps, B] buffers; a run of one
+    piece keeps its own (no copy: a 1000-step 64 x 2 scan spent 0.14 us/step copying them)."""
+    return tuple(None if part[0] is None else part[0] if len(part) == 1 else torch.cat(part)
+                 for part in zip(*records))
+
+
 def _shared_block_function(runner, kind, device_type):
     """The copy of the runner's graph function (kind: "block" or "scan") for its energy object,
     configuration and device type."""
@@ -297,7 +304,7 @@ class CompiledRunner:
                     records.append(out[1])
         if records is None:
             return x, None
-        return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))
+        return x, concatenate_records(records)
 
     def _schedule(self, x, plan, scanned):
         """(a, s) per draw (scanned) or per block: adapted MALA's frozen per-chain rows, else the shared schedule."""
@@ -453,4 +460,4 @@ class KineticRunner(CompiledRunner):
         chain._owed_kick = 0.5 * chain.step_sizes[-1]
         if records is None:
             return x, None
-        return x, tuple(torch.cat(part) if part[0] is not None else None for part in zip(*records))
+        return x, concatenate_records(records)

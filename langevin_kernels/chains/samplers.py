@@ -49,10 +49,12 @@ class DataChain(_LangevinChain):
             rows: identity); the gradient reaching x0 or the parameters through a replaced chain's
             discarded steps can still be NaN (its zero cotangent times a NaN Jacobian).
         reinit_fn: callable n -> n fresh states, used with ``on_nonfinite="reinit"`` only.
-        compile: False, True, or a dict of ``torch.compile`` options: run the K steps as compiled
-            blocks of ``compile_block`` unrolled steps (default up to 20; energy, gradient, update,
-            MALA test, clamp, clip and stats in one graph each; same noise stream, results equal to
-            float rounding). The first run of a shape compiles (``chain.compile_seconds``); later
+        compile: False, True, or a dict of ``torch.compile`` options: run the K steps compiled
+            (energy, gradient, update, MALA test, clamp, clip and stats; same noise stream, results
+            equal to float rounding). On CPU states a ULA chain without ``compile_block`` runs as a
+            compiled loop (torch's scan operator, the step compiled once); otherwise, and for
+            energies the loop cannot trace, as blocks of ``compile_block`` unrolled steps (default
+            up to 20), one graph each (docs/chains.md, "Compiled chains"). The first run of a shape compiles (``chain.compile_seconds``); later
             runs and optimizer steps on the energy's parameters reuse the graph. An energy that
             cannot be compiled gives a RuntimeWarning and the chain runs uncompiled
             (``chain.compile_failed`` says why). Runs with ``return_trajectory=True`` run uncompiled.

@@ -1,19 +1,26 @@
-"""compile=True for DataChain / LatentChain / KineticChain: K steps as a few compiled blocks of unrolled steps.
+"""compile=True for DataChain / LatentChain / KineticChain: K steps as a few compiled calls.
 
 What a chain costs per step at the sizes EBM users run is mostly host work: the energy's
 forward and backward as separate eager ops, the op call, Python. torch.compile removes it
-only if many steps share one compiled call, so the run is cut into blocks of S steps
-(``compile_block``, default up to 20) and each block, energy + gradient + update (+ MALA's
-accept test, clamp, grad clip and statistics), is one graph that inductor fuses. The update is
-written as tensor math inside the graph, so it fuses with the gradient's last kernel; its noise
-is the package's Philox stream, drawn outside the graph by one ``philox_normal`` call for up to
-NOISE_DRAW_NUMBERS normals (a short run's whole noise; exactly the normals the uncompiled chain
-draws, step by step), so compiled and uncompiled runs agree to float rounding. A run's only
-Python work is per block (a warm block is called without torch._dynamo.config.patch, which
-costs more than a small block's kernel), so per-step cost falls with the block length.
-Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, adapted MALA's
-per-chain steps ([S, B] instead of [S]; its warm-up runs eagerly), nor an optimizer step on the
-energy's parameters recompiles; a new state shape, dtype or block length does (once each).
+only if many steps share one compiled call. Two forms do that:
+
+- scanned (CPU states, plain ULA, no ``compile_block``): one graph loops over the steps of a
+  noise draw with torch's scan operator, so the step is traced and compiled once and a short run
+  is one call (the loop runs in inductor's C++ wrapper);
+- unrolled blocks (MALA, KineticChain, CUDA states, an explicit ``compile_block``, and energies
+  the scan cannot trace): the run is cut into blocks of S steps (``compile_block``, default up
+  to 20), each one graph.
+
+Either graph holds energy + gradient + update (+ MALA's accept test, clamp, grad clip and
+statistics), which inductor fuses. The update is written as tensor math inside the graph, so it
+fuses with the gradient's last kernel; its noise is the package's Philox stream, drawn outside
+the graph by one ``philox_normal`` call for up to NOISE_DRAW_NUMBERS normals (a short run's
+whole noise; exactly the normals the uncompiled chain draws, step by step), so compiled and
+uncompiled runs agree to float rounding. A run's only Python work is per draw or block (a warm
+graph is called without torch._dynamo.config.patch, which costs more than a small block's
+kernel). Offsets, step sizes and noise are tensors, so neither a new offset, a schedule, adapted
+MALA's per-chain steps ([S, B] instead of [S]; its warm-up runs eagerly), nor an optimizer step
+on the energy's parameters recompiles; a new state shape, dtype or length does (once each).
 """
 from __future__ import annotations
 
@@ -46,12 +53,12 @@ NOISE_DRAW_NUMBERS = 1 << 22
 TRACING = {name: True for name in ("trace_autograd_ops", "fail_on_recompile_limit_hit")
            if hasattr(torch._dynamo.config, name)}
 # Inductor options per device type, beneath the user's own (a compile dict's "options" entry wins;
-# none are added with a "mode", which torch.compile takes instead of options, or another backend). On the CPU the C++ wrapper
-# does a block call's host work (its intermediate buffers and record views, the matrix-product
-# calls of a network energy) in C++ instead of Python: 64 x 2 double well 4.8 -> 3.9 us/step,
-# 256 x 2 through a 2-128-128-128-1 MLP 443 -> 318 us/step (20-step blocks, 2 threads), with
-# the same cold compile time (20 s, 26-29 s). CUDA keeps inductor's Python wrapper: not yet
-# measured there, and a captured run (capture_graph=True) replays no host work at all.
+# none are added with a "mode", which torch.compile takes instead of options, or another
+# backend). On the CPU the C++ wrapper does a call's host work (its intermediate buffers and
+# record views, a network energy's matrix-product calls) in C++ instead of Python: 64 x 2
+# double well 4.8 -> 3.9 us/step, 256 x 2 through a 2-128-128-128-1 MLP 443 -> 318 us/step
+# (20-step blocks, 2 threads), the same cold compile time (20 s, 26-29 s). CUDA keeps inductor's
+# Python wrapper: not yet measured there, and a captured run replays no host work at all.
 DEVICE_OPTIONS = {"cpu": {"cpp_wrapper": True}}
 
 
@@ -100,7 +107,7 @@ def device_compile_options(options: dict, device_type: str) -> dict:
 
 def concatenate_records(records: list) -> tuple:
     """The per-piece (block or scan) [n, B] records of a run as [n_steps, B] buffers; a run of one
-    piece keeps its own (no copy: a 1000-step 64 x 2 scan spent 0.14 us/step copying them)."""
+    piece (a short scanned run) keeps its own, uncopied."""
     return tuple(None if part[0] is None else part[0] if len(part) == 1 else torch.cat(part)
                  for part in zip(*records))
 

@@ -163,6 +163,7 @@ class CompiledRunner:
             function = _shared_block_function(self, kind, device_type)
             compiled = self.compiled[kind, device_type] = torch.compile(
                 types.MethodType(function, self), **device_compile_options(self.options, device_type))
+            compiled.shared_function = function
         return compiled
 
     # --- the graphs --------------------------------------------------------------------
@@ -343,18 +344,25 @@ class CompiledRunner:
         return self._compile_and_call(kind, key, args)
 
     def _compile_and_call(self, kind, key, args):
+        compiled = self._compiled(kind, args[0].device.type)
+        # A scan that could not be compiled is not tried again by later chains of the same energy and
+        # configuration (a trainer's fresh evaluation chains; torch < 2.13, whose C++ wrapper cannot lower it).
+        refused = getattr(compiled.shared_function, "scan_refused", None)
+        if refused:
+            self.scan_failed = refused
+            return None
         t0 = time.perf_counter()
         failures = []
         while True:
             try:
                 with torch._dynamo.config.patch(**TRACING), torch.no_grad():
-                    out = self._compiled(kind, args[0].device.type)(*args)
+                    out = compiled(*args)
                 break
             except Exception as exc:   # noqa: BLE001 - any tracing/compile failure: the other gradient, then uncompiled
                 failures.append(f"{self.chain._traced_gradient} gradient: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}")
                 if kind == "scan":   # the caller runs blocks instead
-                    self.scan_failed = failures[-1]
+                    self.scan_failed = compiled.shared_function.scan_refused = failures[-1]
                     log.info("%s: the scanned run could not be compiled (%s); compiling unrolled blocks instead",
                              type(self.chain).__name__, self.scan_failed)
                     return None

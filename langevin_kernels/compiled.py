@@ -168,12 +168,13 @@ class CompiledRunner:
 
     # --- the graphs --------------------------------------------------------------------
 
-    def _step(self, x, current, a, s, noise, accept_normal):
-        """One step inside a graph: (x, what MALA carries or None, the step's record or None)."""
+    def _step(self, x, current, a, s, noise, accept_normal, by_func=False):
+        """One step inside a graph: (x, what MALA carries or None, the step's record or None).
+        by_func: the ULA gradient by torch.func.grad whatever the chain's traced form (a scan body)."""
         chain = self.chain
         if chain.mala:
             return self._mala(x, current, a, s, noise, accept_normal)
-        energy, grad = chain._energy_and_grad(x)
+        energy, grad = chain._energy_and_grad_by_func(x) if by_func else chain._energy_and_grad(x)
         grad, norms = chain._clip(grad)
         record = chain._diagnostics(chain._with_prior(energy, x), norms, None) if chain.track_stats else None
         return self._update(x, grad, a, s, noise, chain.clamp), None, record
@@ -199,14 +200,14 @@ class CompiledRunner:
     def _scan(self, x, noise, accept_normals, step_sizes, noise_scales):
         """The ULA steps of _block as one loop in the graph (torch's scan operator): the step is
         traced and compiled once, so neither the compile time nor the code grows with the step
-        count, and one call runs a whole noise draw. The gradient is torch.func.grad's (_call
-        sets it: the operator's body cannot hold autograd.grad). Same arguments and results as
-        _block (accept_normals is unused: MALA runs as blocks, measured faster)."""
+        count, and one call runs a whole noise draw. The gradient is torch.func.grad's: the
+        operator's body cannot hold autograd.grad. Same arguments and results as _block
+        (accept_normals is unused: MALA runs as blocks, measured faster)."""
         track_stats = self.chain.track_stats
 
         def body(x, inputs):
             noise, a, s = inputs
-            x, _, record = self._step(x, None, a, s, noise, None)
+            x, _, record = self._step(x, None, a, s, noise, None, by_func=True)
             # without records a zero per step: inductor's lowering of a scan with no per-step outputs fails
             return x, ((record[0], record[1]) if track_stats else (x.new_zeros(()),))
 
@@ -325,12 +326,6 @@ class CompiledRunner:
         mode on at entry and parameters that require grad (a trainer's energy), AOT autograd would
         build and partition a joint forward and backward graph that nothing uses (a 20-step MLP
         block: 105 s to compile vs 23 s)."""
-        if kind == "scan":   # the scan operator's body cannot hold autograd.grad: torch.func.grad there
-            with self.chain._gradient_form("func"):
-                return self._call_graph(kind, args)
-        return self._call_graph(kind, args)
-
-    def _call_graph(self, kind, args):
         x = args[0]
         # a graph each per length, and per schedule rank (shared [S] or per-chain [S, B] steps)
         key = (kind, tuple(x.shape), x.dtype, x.device, args[self.NOISE_ARG].shape[0],

@@ -165,10 +165,21 @@ CASES = {"dw-small": dw_small_case, "dw-large": dw_large_case, "mlp": mlp_case, 
 
 # ----------------------------------------------------------------------------- eager baselines
 
-def eager_step(case: ChainCase, x, cond, noise=None):
-    """One chain step as EBM code writes it: autograd.grad of the summed energy, then the update."""
+def autograd_gradient(case: ChainCase, x, cond):
+    """dE/dx as EBM code writes it: autograd.grad of the summed energy."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(case.energy(x, cond).sum(), x)
+    return torch.autograd.grad(case.energy(x, cond).sum(), x)[0]
+
+
+def func_gradient(case: ChainCase, x, cond):
+    """dE/dx by torch.func.grad: what torch.compile users write where dynamo cannot trace
+    requires_grad_ (torch 2.11, the GPU machines' torch)."""
+    return torch.func.grad(lambda z: case.energy(z, cond).sum())(x)
+
+
+def eager_step(case: ChainCase, x, cond, noise=None, gradient=autograd_gradient):
+    """One chain step as EBM code writes it: the gradient of the summed energy, then the update."""
+    grad = gradient(case, x, cond)
     if noise is None:
         noise = torch.randn_like(x)
     x = x.detach() - case.step_size * grad + case.noise_scale * noise
@@ -195,22 +206,12 @@ def reference_noises(x0: torch.Tensor):
     return noises
 
 
-def func_step(case: ChainCase, x, cond, noise=None):
-    """eager_step with torch.func.grad: what torch.compile users write where dynamo cannot trace
-    requires_grad_ (torch 2.11, the GPU machines' torch)."""
-    grad = torch.func.grad(lambda z: case.energy(z, cond).sum())(x)
-    if noise is None:
-        noise = torch.randn_like(x)
-    x = x - case.step_size * grad + case.noise_scale * noise
-    return x if case.clamp is None else torch.clamp(x, *case.clamp)
-
-
 def _compiled_step(case: ChainCase):
     """torch.compile of one eager chain step, fullgraph with autograd.grad traced by dynamo; of
-    func_step where this torch cannot trace that (the chains' own rule; the record's torch
+    func_gradient where this torch cannot trace that (the chains' own rule; the record's torch
     version tells which)."""
-    form = eager_step if DYNAMO_TRACES_REQUIRES_GRAD else func_step
-    compiled = torch.compile(functools.partial(form, case), fullgraph=True, dynamic=False)
+    gradient = autograd_gradient if DYNAMO_TRACES_REQUIRES_GRAD else func_gradient
+    compiled = torch.compile(functools.partial(eager_step, case, gradient=gradient), fullgraph=True, dynamic=False)
 
     def step(*args):
         with torch._dynamo.config.patch(trace_autograd_ops=True):

@@ -3,7 +3,6 @@ energy gradient, the ULA step and the K-step loop. MALA (mala.py), the divergenc
 (guard.py) and CUDA-graph capture (graphs.py) are mixed in."""
 from __future__ import annotations
 
-import contextlib
 import math
 import types
 
@@ -275,13 +274,7 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             leaf = x if x.requires_grad else x.detach().requires_grad_(True)
         else:
             leaf = x.detach().requires_grad_(True)
-        energy = self._energy(leaf)
-        if not isinstance(energy, torch.Tensor):
-            raise TypeError(f"the energy must return a tensor of per-chain energies, shape [{x.shape[0]}]; "
-                            f"got {type(energy).__name__}")
-        if energy.shape != (x.shape[0],):
-            raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], "
-                             f"got shape {tuple(energy.shape)}")
+        energy = self._checked_energy(self._energy(leaf), x)
         if not energy.requires_grad:
             raise ValueError(_NOT_DIFFERENTIABLE)
         grad = _gradient(energy, leaf, self._ones_like(energy), self.differentiable)
@@ -289,25 +282,22 @@ class _LangevinChain(MalaSteps, DivergenceGuard, GraphCapture):
             energy = energy.detach()
         return energy, grad
 
-    @contextlib.contextmanager
-    def _gradient_form(self, form):
-        """Traced steps differentiate with `form` ("func" or "autograd") inside the block (a scanned
-        run's body takes torch.func.grad only); the chain's own form is back afterwards."""
-        saved = self._traced_gradient
-        self._traced_gradient = form
-        try:
-            yield
-        finally:
-            self._traced_gradient = saved
+    @staticmethod
+    def _checked_energy(energy, x):
+        """The energy's output, refused unless it is one value per chain of x."""
+        if not isinstance(energy, torch.Tensor):
+            raise TypeError(f"the energy must return a tensor of per-chain energies, shape [{x.shape[0]}]; "
+                            f"got {type(energy).__name__}")
+        if energy.shape != (x.shape[0],):
+            raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], "
+                             f"got shape {tuple(energy.shape)}")
+        return energy
 
     def _energy_and_grad_by_func(self, x):
         """_energy_and_grad as torch.func.grad of the summed energies (chains are independent, so
         the sum's gradient is each chain's own), for tracing without requires_grad_."""
         def total(z):
-            energy = self._energy(z)
-            if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
-                raise ValueError(f"the energy must return one value per chain, shape [{x.shape[0]}], got "
-                                 f"{tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__}")
+            energy = self._checked_energy(self._energy(z), x)
             return energy.sum(), energy
         grad, energy = torch.func.grad(total, has_aux=True)(x)
         return energy.detach(), grad   # as the autograd form: no graph through the parameters kept
